@@ -1,0 +1,5 @@
+"""``python -m bta`` is the ``bta`` command."""
+
+from bta.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,92 @@
+"""Error classes of bta and the one helper that formats parameter errors.
+
+Every error bta raises on purpose derives from :class:`BtaError`; each specific class
+also inherits the builtin a caller would expect (``SchemaError`` is a ``ValueError``),
+so ``except ValueError`` keeps working for code that does not know bta.
+
+Messages name the parameter or column, what was expected and what was got.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "BtaError",
+    "SchemaError",
+    "ConfigError",
+    "NotFittedError",
+    "UnknownNameError",
+    "RuleSyntaxError",
+    "StoreError",
+    "check_param",
+]
+
+
+class BtaError(Exception):
+    """Root of every error raised by bta."""
+
+
+class SchemaError(BtaError, ValueError):
+    """Input data has a missing, mistyped or invalid column or row."""
+
+
+class ConfigError(BtaError, ValueError):
+    """A parameter or configuration object is invalid."""
+
+
+class NotFittedError(BtaError, AttributeError):
+    """An estimator was used before ``fit``."""
+
+
+class UnknownNameError(BtaError, KeyError):
+    """A feature, segment, column or arm name is not known.
+
+    ``KeyError`` quotes its message in ``str()``; this class prints it plainly.
+    """
+
+    def __str__(self) -> str:  # pragma: no cover - trivial
+        return str(self.args[0]) if self.args else ""
+
+
+class RuleSyntaxError(BtaError, ValueError):
+    """A segment rule expression could not be parsed.
+
+    Attributes
+    ----------
+    position : int
+        0-based character offset in the expression where parsing failed.
+    """
+
+    def __init__(self, message: str, position: int = -1):
+        super().__init__(message)
+        self.position = position
+
+
+class StoreError(BtaError, RuntimeError):
+    """A profile store could not be reached or answered garbage."""
+
+
+def check_param(name: str, value: Any, ok: bool, expected: str, cls: type = ConfigError) -> None:
+    """Raise ``cls`` with the house message template unless ``ok``.
+
+    Parameters
+    ----------
+    name : str
+        Parameter name as the caller wrote it.
+    value : object
+        The value that was passed.
+    ok : bool
+        Result of the check.
+    expected : str
+        What was expected, in words ("a positive number of days").
+
+    Examples
+    --------
+    >>> check_param("half_life", -1.0, False, "a positive duration")
+    Traceback (most recent call last):
+    ...
+    bta.errors.ConfigError: half_life must be a positive duration, got -1.0
+    """
+    if not ok:
+        raise cls(f"{name} must be {expected}, got {value!r}")

@@ -1,0 +1,295 @@
+"""Features: batch against a naive reference, batch == online, invariances, bad input."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bta.errors import ConfigError, UnknownNameError
+from bta.events import STANDARD_EVENTS, EventLog
+from bta.features import FeatureSpec, OnlineProfiles, build_features
+from naive import matrix_entries, naive_features
+
+DAY = 86_400_000
+T0 = 1_750_000_000_000 - 1_750_000_000_000 % DAY  # midnight UTC, so buckets are calendar days
+
+
+def make_log(df: pd.DataFrame, **kw) -> EventLog:
+    kw.setdefault("ts_unit", "ms")
+    return EventLog.from_pandas(df, **kw)
+
+
+def to_naive_frame(df: pd.DataFrame) -> pd.DataFrame:
+    out = df.copy()
+    if "value" not in out:
+        out["value"] = 0.0
+    out["value"] = out["value"].fillna(0.0)
+    return out
+
+
+def assert_matches_naive(fm, df, spec, as_of):
+    got = matrix_entries(fm)
+    ref = naive_features(to_naive_frame(df), spec, as_of)
+    assert set(got) == set(ref), (sorted(set(got) - set(ref))[:5], sorted(set(ref) - set(got))[:5])
+    for k, v in ref.items():
+        assert got[k] == pytest.approx(v, rel=1e-9, abs=1e-12), k
+
+
+# ---- random event logs ------------------------------------------------------------------------
+CATS = ["autos", "travel", "news", "health"]
+
+
+@st.composite
+def event_frames(draw, max_rows=60):
+    n = draw(st.integers(1, max_rows))
+    users = draw(st.lists(st.integers(0, 5), min_size=n, max_size=n))
+    # times on a coarse grid so ties, exact window boundaries and session gaps all occur
+    offsets = draw(st.lists(st.sampled_from([0, 1, 30, 31, 60, 90, 1440, 1441, 2880, 10080,
+                                             10081, 20000, 43200, 43201, 50000]),
+                            min_size=n, max_size=n))
+    events = draw(st.lists(st.sampled_from(STANDARD_EVENTS), min_size=n, max_size=n))
+    cats = draw(st.lists(st.sampled_from(CATS + [None]), min_size=n, max_size=n))
+    values = draw(st.lists(st.sampled_from([0.0, 1.5, 20.0, 99.99]), min_size=n, max_size=n))
+    df = pd.DataFrame({
+        "user_id": users,
+        "ts": [T0 + o * 60_000 for o in offsets],  # minutes
+        "event": events,
+        "category": pd.Series(cats, dtype=object),
+        "value": [v if e == "conversion" else np.nan for v, e in zip(values, events)],
+    })
+    return df.drop_duplicates(ignore_index=True)
+
+
+@st.composite
+def specs(draw):
+    windows = draw(st.sampled_from([("1d", "7d", "30d"), ("1h", "1d"), ("12h",), ("1d", "35d")]))
+    bucket = draw(st.sampled_from([None, "1h"] + (["1d"] if "1h" not in windows and
+                                                  "12h" not in windows else [])))
+    events = draw(st.sampled_from([STANDARD_EVENTS, ("page_view",), ("ad_click", "conversion"),
+                                   ("page_view", "ad_impression")]))
+    return FeatureSpec(
+        windows=windows, half_life=draw(st.sampled_from(["7d", "1d", "90min"])), events=events,
+        weights={e: draw(st.sampled_from([1.0, 0.5, 3.0])) for e in events},
+        categories=draw(st.sampled_from([None, ("autos", "news")])),
+        deny_categories=draw(st.sampled_from([(), ("health",)])),
+        max_session=draw(st.sampled_from([None, "1h"])),
+        window_bucket=bucket, user_features=draw(st.booleans()), exclude_flagged=False,
+    )
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(df=event_frames(), spec=specs(), as_of_min=st.sampled_from([0, 30, 1440, 10081, 43200,
+                                                                   60000]))
+def test_batch_matches_naive(df, spec, as_of_min):
+    as_of = T0 + as_of_min * 60_000
+    fm = build_features(make_log(df), spec, as_of=as_of)
+    assert_matches_naive(fm, df, spec, as_of)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(df=event_frames(), spec=specs(), seed=st.integers(0, 2**32 - 1))
+def test_row_order_invariance(df, spec, seed):
+    as_of = T0 + 50_000 * 60_000
+    a = build_features(make_log(df), spec, as_of=as_of)
+    shuffled = df.sample(frac=1.0, random_state=np.random.default_rng(seed))
+    b = build_features(make_log(shuffled), spec, as_of=as_of)
+    assert a.feature_names == b.feature_names
+    assert np.array_equal(a.users, b.users)
+    assert (a.X != b.X).nnz == 0
+    assert np.array_equal(a.X.indices, b.X.indices)
+
+
+def feed_online(df, spec, splits, categories=None):
+    prof = OnlineProfiles(spec, categories=categories)
+    ordered = df.sort_values("ts", kind="stable")
+    for part in np.array_split(np.arange(len(ordered)), splits):
+        if len(part):
+            r = prof.update(ordered.iloc[part], ts_unit="ms")
+            assert r.n_quarantined == 0
+    return prof
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(df=event_frames(), spec=specs(), splits=st.integers(1, 7))
+def test_batch_equals_online_exactly(df, spec, splits):
+    as_of = T0 + 60_000 * 60_000  # after every event: online cannot go back in time
+    batch = build_features(make_log(df), spec, as_of=as_of)
+    online = feed_online(df, spec, splits).features(as_of=as_of)
+    assert batch.feature_names == online.feature_names
+    assert list(batch.users) == list(online.users)
+    # bit-identical, not approximately equal: same kernels, same order of operations
+    assert np.array_equal(batch.X.indptr, online.X.indptr)
+    assert np.array_equal(batch.X.indices, online.X.indices)
+    assert np.array_equal(batch.X.data, online.X.data)
+
+
+def test_online_late_events_close_to_batch():
+    rng = np.random.default_rng(3)
+    n = 400
+    df = pd.DataFrame({"user_id": rng.integers(0, 10, n),
+                       "ts": T0 + rng.integers(0, 20 * DAY, n),
+                       "event": rng.choice(["page_view", "ad_click"], n),
+                       "category": rng.choice(CATS[:3], n)})
+    spec = FeatureSpec(user_features=False)
+    prof = OnlineProfiles(spec)
+    for part in np.array_split(rng.permutation(n), 8):  # arrival order scrambled
+        prof.update(df.iloc[part], ts_unit="ms")
+    as_of = T0 + 21 * DAY
+    online = prof.features(as_of=as_of)
+    batch = build_features(make_log(df), spec, as_of=as_of)
+    assert np.array_equal(batch.X.indices, online.X.indices)
+    np.testing.assert_allclose(online.X.data, batch.X.data, rtol=1e-12)
+
+
+def test_bucketed_online_memory_is_bounded():
+    spec = FeatureSpec(windows=("1d", "7d"), window_bucket="1d", user_features=False)
+    prof = OnlineProfiles(spec)
+    # one very active user: 20 events per hour for 30 days, in 2 categories
+    hours = np.arange(30 * 24)
+    ts = np.repeat(T0 + hours * 3_600_000, 20) + np.tile(np.arange(20) * 1000, hours.size)
+    df = pd.DataFrame({"user_id": 1, "ts": ts, "event": "page_view",
+                       "category": np.where(np.arange(ts.size) % 2, "autos", "news")})
+    for part in np.array_split(np.arange(len(df)), 30):
+        prof.update(df.iloc[part], ts_unit="ms")
+    live = int(prof._UB[:, 1].sum())
+    # at most (7d / 1d + 1) buckets x 2 cells may be live, whatever the event rate
+    assert live <= (7 + 1) * 2
+    batch = build_features(make_log(df), spec, as_of=int(ts.max()))
+    assert np.array_equal(batch.X.data, prof.features().X.data)
+
+
+def test_flagged_users_are_excluded_and_counted():
+    rng = np.random.default_rng(0)
+    normal = pd.DataFrame({"user_id": np.repeat(np.arange(200), 5),
+                           "ts": T0 + rng.integers(0, 7 * DAY, 1000),
+                           "event": "page_view", "category": rng.choice(CATS, 1000)})
+    bot = pd.DataFrame({"user_id": 999, "ts": T0 + np.arange(3000) * 1000,
+                        "event": np.tile(["ad_impression", "ad_click"], 1500),
+                        "category": "autos"})
+    df = pd.concat([normal, bot], ignore_index=True)
+    log = make_log(df)
+    assert log.flagged[log.user_code([999])[0]]
+    fm = build_features(log, FeatureSpec())
+    assert 999 not in set(fm.users)
+    assert fm.n_flagged_excluded == 3000
+    kept = build_features(log, FeatureSpec(exclude_flagged=False))
+    assert 999 in set(kept.users)
+
+
+def test_events_after_as_of_and_empty_result():
+    df = pd.DataFrame({"user_id": [1, 1, 2], "ts": [T0, T0 + DAY, T0 + 2 * DAY],
+                       "event": "page_view", "category": "autos"})
+    fm = build_features(make_log(df), FeatureSpec(), as_of=T0 + DAY - 1)
+    assert list(fm.users) == [1]
+    assert fm.row(1)["count:page_view:autos:30d"] == 1.0
+    empty = build_features(make_log(df), FeatureSpec(), as_of=T0 - 1)
+    assert empty.shape == (0, len(fm.feature_names))
+
+
+def test_feature_matrix_views():
+    df = pd.DataFrame({"user_id": ["a", "a", "b"], "ts": [T0, T0 + DAY, T0 + DAY],
+                       "event": ["page_view", "conversion", "page_view"],
+                       "category": ["autos", "autos", "news"], "value": [np.nan, 12.5, np.nan]})
+    fm = build_features(make_log(df), FeatureSpec(windows=("1d",)), as_of=T0 + DAY)
+    frame = fm.to_pandas(["rfm:monetary", "rfm:recency_days", "recency:page_view:autos"])
+    assert frame.loc["a", "rfm:monetary"] == 12.5
+    assert frame.loc["a", "rfm:recency_days"] == 0.0  # defined and zero: stored explicitly
+    assert np.isnan(frame.loc["b", "rfm:recency_days"])  # never converted: undefined
+    assert frame.loc["a", "recency:page_view:autos"] == 1.0
+    assert np.isnan(frame.loc["b", "recency:page_view:autos"])
+    assert frame.loc["b", "rfm:monetary"] == 0.0
+    np.testing.assert_array_equal(fm.column("rfm:monetary"), [12.5, 0.0])
+    long = fm.to_long()
+    assert len(long) == fm.X.nnz and set(long.columns) == {"user_id", "feature", "value"}
+    with pytest.raises(UnknownNameError, match=re.escape(
+            "unknown feature 'count:page_view:auto:1d'; did you mean "
+            "'count:page_view:autos:1d'")):
+        fm.feature_index("count:page_view:auto:1d")
+
+
+def test_deny_list_keeps_category_out_of_everything():
+    df = pd.DataFrame({"user_id": [1, 1, 1], "ts": [T0, T0 + 1000, T0 + 2000],
+                       "event": ["page_view", "page_view", "ad_click"],
+                       "category": ["health", "autos", "health"]})
+    fm = build_features(make_log(df), FeatureSpec(deny_categories=("health",)))
+    assert not any("health" in n for n in fm.feature_names)
+    row = fm.row(1)
+    assert row["sessions:mean_events"] == 1.0  # the two health events never entered
+    assert row["ctr:smoothed"] == pytest.approx(1 / 100)
+
+
+def test_online_as_of_before_latest_event_is_refused():
+    prof = OnlineProfiles(FeatureSpec())
+    prof.update(pd.DataFrame({"user_id": [1], "ts": [T0 + DAY], "event": ["search"],
+                              "category": ["autos"]}), ts_unit="ms")
+    with pytest.raises(ConfigError, match="as_of must be at or after the latest event"):
+        prof.features(as_of=T0)
+
+
+def test_online_erase_forgets_user():
+    prof = OnlineProfiles(FeatureSpec())
+    df = pd.DataFrame({"user_id": [1, 2], "ts": [T0, T0], "event": "page_view",
+                       "category": "autos"})
+    prof.update(df, ts_unit="ms")
+    assert prof.erase(1) and not prof.erase(1)
+    fm = prof.features(as_of=T0)
+    assert list(fm.users) == [2]
+    assert prof.last_event_time(1) is None
+    # a returning user starts from scratch
+    prof.update(df.iloc[:1], ts_unit="ms")
+    assert prof.features(as_of=T0).row(1)["count:page_view:autos:1d"] == 1.0
+
+
+def test_online_quarantines_bad_rows_without_raising():
+    prof = OnlineProfiles(FeatureSpec())
+    df = pd.DataFrame({"user_id": [1, None, 3], "ts": [T0, T0, T0],
+                       "event": ["page_view", "page_view", "teleport"], "category": "autos"})
+    r = prof.update(df, ts_unit="ms")
+    assert (r.n_in, r.n_applied, r.n_quarantined) == (3, 1, 2)
+    assert sorted(r.quarantine["reason"]) == ["missing_user", "unknown_event"]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"windows": ()}, "windows must be a non-empty sequence of durations, got ()"),
+    ({"windows": ("1d", "-1d")}, "windows must be a positive duration (a string like '30min', "
+                                 "a Timedelta, a timedelta or seconds), got '-1d'"),
+    ({"windows": ("1d", "24h")}, "windows must be distinct durations, got ('1d', '24h')"),
+    ({"half_life": 0}, "half_life must be a positive duration (a string like '30min', a "
+                       "Timedelta, a timedelta or seconds), got 0"),
+    ({"events": ()}, "events must be a non-empty sequence of event names, got ()"),
+    ({"events": ("page_view", "page_view")}, "events must be without repeats"),
+    ({"weights": {"ad_click": -1}}, "weights['ad_click'] must be a finite number >= 0, got -1"),
+    ({"events": ("page_view",), "weights": {"ad_click": 2}},
+     "weights names event 'ad_click', which is not in events ('page_view',)"),
+    ({"ctr_prior": (1, 0)}, "ctr_prior must be a pair (a, b) of positive numbers, got (1, 0)"),
+    ({"window_bucket": "7d"},
+     "window_bucket must divide every window; 7d does not divide ['1d', '30d']"),
+    ({"dtype": "int8"}, "dtype must be 'float64' or 'float32', got 'int8'"),
+    ({"user_features": 1}, "user_features must be True or False, got 1"),
+])
+def test_spec_bad_input(kwargs, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        FeatureSpec(**kwargs)
+
+
+def test_spec_normalizes_names_and_bad_builder_args():
+    spec = FeatureSpec(windows=("30d", "12h", 3600), half_life=pd.Timedelta(hours=36))
+    assert spec.windows == ("1h", "12h", "30d")
+    assert spec.half_life == "36h"
+    with pytest.raises(ConfigError, match="spec must be a FeatureSpec, got dict"):
+        build_features(make_log(pd.DataFrame({"user_id": [1], "ts": [T0], "event": ["search"],
+                                              "category": ["a"]})), {})
+    with pytest.raises(ConfigError, match="log must be an EventLog"):
+        build_features(pd.DataFrame(), FeatureSpec())
+
+
+def test_float32_matrix():
+    df = pd.DataFrame({"user_id": [1, 2], "ts": [T0, T0 + 5], "event": "page_view",
+                       "category": "autos"})
+    fm = build_features(make_log(df), FeatureSpec(dtype="float32"))
+    assert fm.X.dtype == np.float32
