@@ -39,8 +39,8 @@ def _demo(args: argparse.Namespace) -> int:
 
     s = log.summary()
     print("\nEvents")
-    print(f"  rows in {s['n_input_rows']:,}   accepted {s['n_rows']:,}   "
-          f"quarantined {s['n_quarantined']:,}")
+    print(f"  rows in {s['rows_in']:,}   accepted {s['rows_accepted']:,}   "
+          f"quarantined {s['rows_quarantined']:,}")
     print(f"  users {log.n_users:,}   flagged as bots {int(log.flagged.sum()):,} "
           f"(planted: {int(cs.users['is_bot'].sum()):,})")
     sessions = log.sessionize()
