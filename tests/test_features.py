@@ -293,3 +293,28 @@ def test_float32_matrix():
                        "category": "autos"})
     fm = build_features(make_log(df), FeatureSpec(dtype="float32"))
     assert fm.X.dtype == np.float32
+
+
+def test_online_vector_equals_matrix_row_and_fixed_layout():
+    rng = np.random.default_rng(5)
+    n = 300
+    df = pd.DataFrame({"user_id": rng.integers(0, 6, n),
+                       "ts": T0 + np.sort(rng.integers(0, 9 * DAY, n)),
+                       "event": rng.choice(STANDARD_EVENTS, n),
+                       "category": rng.choice(CATS + ["new_cat"], n)})
+    spec = FeatureSpec()
+    prof = OnlineProfiles(spec, categories=CATS, grow_categories=False)
+    prof.update(df, ts_unit="ms")
+    assert not any("new_cat" in n for n in prof.feature_names)
+    as_of = T0 + 10 * DAY
+    fm = prof.features(as_of=as_of)
+    for r, u in enumerate(fm.users):
+        idx, val = prof.vector(u, as_of)
+        row = fm.X.getrow(r)
+        assert np.array_equal(idx, row.indices) and np.array_equal(val, row.data)
+    assert prof.vector("nobody", as_of) is None
+    # events in the unknown category still count per user, like build_features with the same
+    # columns: the batch builder over the same log drops new_cat columns via an allow list
+    batch = build_features(make_log(df), FeatureSpec(categories=tuple(CATS), exclude_flagged=False),
+                           as_of=as_of)
+    assert np.array_equal(batch.X.data, fm.X.data)

@@ -153,6 +153,22 @@ def compact_pool(n_users, UB, P_t, P_cell, P_n, new_t, new_cell, new_n, slack):
 
 
 @exact_jit()
+def _local_position(target, head, cell_next, CI, cat_slot, cell_cat):
+    """Position of cell ``target`` among the user's gathered cells (same walk as _gather)."""
+    k = 0
+    cell = head
+    while cell >= 0:
+        if CI[cell, C_N] > 0 and cat_slot[cell_cat[cell]] >= 0:
+            if cell == target:
+                return k
+            k += 1
+        elif cell == target:
+            return -1
+        cell = cell_next[cell]
+    return -1
+
+
+@exact_jit()
 def _gather(s, as_of, cat_slot, n_cat, windows_ms, bucket_ms, first_cell, UB, CI, CF, cell_ev,
             cell_cat, cell_next, P_t, P_cell, P_n, pos_of_cell, cells, cd, ct, cl, cn, cw):
     """Collect a user's cells (column order) and window counts; returns the number of cells."""
@@ -164,7 +180,8 @@ def _gather(s, as_of, cat_slot, n_cat, windows_ms, bucket_ms, first_cell, UB, CI
             cs = cat_slot[cell_cat[cell]]
             if cs >= 0:
                 cells[k] = cell_ev[cell] * n_cat + cs
-                pos_of_cell[cell] = k
+                if pos_of_cell.shape[0] > 0:
+                    pos_of_cell[cell] = k
                 cd[k] = CF[cell, C_DECAY]
                 ct[k] = CI[cell, C_TREF]
                 cl[k] = CI[cell, C_LAST]
@@ -172,14 +189,18 @@ def _gather(s, as_of, cat_slot, n_cat, windows_ms, bucket_ms, first_cell, UB, CI
                 for w in range(n_win):
                     cw[k, w] = 0
                 k += 1
-            else:
+            elif pos_of_cell.shape[0] > 0:
                 pos_of_cell[cell] = -1
-        else:
+        elif pos_of_cell.shape[0] > 0:
             pos_of_cell[cell] = -1
         cell = cell_next[cell]
     start = UB[s, B_START]
     for r in range(UB[s, B_LEN]):
-        j = pos_of_cell[P_cell[start + r]]
+        if pos_of_cell.shape[0] > 0:
+            j = pos_of_cell[P_cell[start + r]]
+        else:  # single-user reads: no table over all cells, walk the user's short list
+            j = _local_position(P_cell[start + r], first_cell[s], cell_next, CI, cat_slot,
+                                cell_cat)
         if j < 0:
             continue
         for w in range(n_win):
@@ -245,6 +266,39 @@ def emit(slots, as_of, cat_slot, n_cat, pv_slot, windows_ms, bucket_ms, half_lif
 
 
 @exact_jit()
+def emit_one(s, as_of, cat_slot, n_cat, pv_slot, windows_ms, bucket_ms, half_life_ms, ctr_a,
+             ctr_b, with_user, n_ev_slots, UI, UF, first_cell, UB, CI, CF, cell_ev, cell_cat,
+             cell_next, P_t, P_cell, P_n):
+    """One user's sparse row (indices, values) at ``as_of``, for serving: allocates only
+    arrays of the user's own size."""
+    n_win = windows_ms.shape[0]
+    user_col0 = n_ev_slots * n_cat * (n_win + 2)
+    m = 0
+    cell = first_cell[s]
+    while cell >= 0:
+        m += 1
+        cell = cell_next[cell]
+    m = max(m, 1)
+    no_table = np.empty(0, dtype=np.int64)
+    cells = np.empty(m, dtype=np.int64)
+    cd = np.empty(m, dtype=np.float64)
+    ct = np.empty(m, dtype=np.int64)
+    cl = np.empty(m, dtype=np.int64)
+    cn = np.empty(m, dtype=np.float64)
+    cw = np.empty((m, n_win), dtype=np.int64)
+    k = _gather(s, as_of, cat_slot, n_cat, windows_ms, bucket_ms, first_cell, UB, CI, CF,
+                cell_ev, cell_cat, cell_next, P_t, P_cell, P_n, no_table, cells, cd, ct, cl, cn,
+                cw)
+    size = row_nnz(k, cells, cl, windows_ms, bucket_ms, as_of, UI[s, U_N_CONV] > 0, pv_slot,
+                   n_cat, with_user)
+    indices = np.empty(size, dtype=np.int32)
+    data = np.empty(size, dtype=np.float64)
+    emit_row(k, cells, cd, ct, cl, cn, cw, windows_ms, bucket_ms, as_of, half_life_ms, UI[s],
+             UF[s], pv_slot, n_cat, user_col0, ctr_a, ctr_b, with_user, indices, data, 0)
+    return indices, data
+
+
+@exact_jit()
 def cells_per_user(n_users, first_cell, cell_next):
     """Largest number of cells any user holds (sizes the emit scratch)."""
     best = 0
@@ -278,5 +332,5 @@ def erase_user(s, UI, UF, first_cell, UB, CI, CF, cell_ev, cell_cat, cell_next, 
     UB[s, B_LEN] = 0
 
 
-__all__ = ["update", "emit", "compact_pool", "cells_per_user", "erase_user", "OK", "NEED_POOL",
+__all__ = ["update", "emit", "emit_one", "compact_pool", "cells_per_user", "erase_user", "OK", "NEED_POOL",
            "N_CI", "C_LAST"]

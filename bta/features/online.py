@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterable
 
 import numpy as np
@@ -60,6 +60,10 @@ class OnlineProfiles:
         Known category vocabulary; new categories seen in updates are added.
     event_types : sequence of str, optional
         Extra event names besides the standard ones (unknown names are quarantined).
+    grow_categories : bool, default True
+        When False, the column layout is fixed to ``categories``: events in other categories
+        still count in the per-user features but get no columns. Serving code uses this so that
+        compiled rules and scorers keep valid column indices.
 
     Notes
     -----
@@ -84,7 +88,7 @@ class OnlineProfiles:
     """
 
     def __init__(self, spec: FeatureSpec | None = None, categories: Iterable[Any] | None = None,
-                 event_types: Iterable[str] | None = None):
+                 event_types: Iterable[str] | None = None, grow_categories: bool = True):
         if spec is None:
             spec = FeatureSpec()
         if not isinstance(spec, FeatureSpec):
@@ -97,8 +101,13 @@ class OnlineProfiles:
         self._cats: list[Any] = []
         self._cat_code: dict[Any, int] = {}
         self._cat_flag = np.zeros(0, dtype=np.int64)
-        for c in categories or ():
-            self._add_category(c)
+        self._grow_categories = bool(grow_categories)
+        if not self._grow_categories and categories is None:
+            raise ConfigError("grow_categories=False needs the categories to fix the layout")
+        self._fixed_categories = tuple(categories or ())
+        self._layout_cache: tuple[int, Any] | None = None
+        for c in self._fixed_categories:
+            self._add_category(c, fixed=True)
         self._UI = np.zeros((0, K.N_UI), dtype=np.int64)
         self._UF = np.zeros((0, K.N_UF), dtype=np.float64)
         self._first = np.zeros(0, dtype=np.int64)
@@ -118,7 +127,7 @@ class OnlineProfiles:
         self._event_types: tuple[str, ...] | None = None
 
     # ---- vocabulary ----------------------------------------------------------------------------
-    def _add_category(self, c: Any) -> int:
+    def _add_category(self, c: Any, fixed: bool = False) -> int:
         code = self._cat_code.get(c)
         if code is None:
             code = len(self._cats)
@@ -126,6 +135,8 @@ class OnlineProfiles:
             self._cat_code[c] = code
             if c in set(self.spec.deny_categories):
                 flag = -2
+            elif not fixed and not self._grow_categories:
+                flag = -1  # counted per user, no column: the layout is fixed
             elif self.spec.categories is None or c in set(self.spec.categories):
                 flag = 0
             else:
@@ -180,7 +191,10 @@ class OnlineProfiles:
             ev_slot, weights = event_slots(self.spec, self._event_types)
             ev_map = np.array([self._event_types.index(e) for e in log.event_types], dtype=np.int16)
             slots = slot_of_code[log.user]
-            cats = np.where(log.category >= 0, cat_of_code[np.maximum(log.category, 0)], -1)
+            if cat_of_code.size:
+                cats = np.where(log.category >= 0, cat_of_code[np.maximum(log.category, 0)], -1)
+            else:  # no event of this batch has a category
+                cats = np.full(n, -1, dtype=np.int64)
             events = ev_map[log.event]
             n_users = len(self._user_ids)
             old_u = self._UI.shape[0]
@@ -272,8 +286,50 @@ class OnlineProfiles:
                 nan_absent=layout.nan_absent,
                 n_events=int(self._UI[known, K.U_N_EVENTS].sum()))
 
+    @property
+    def layout(self):
+        """Column layout of the features (see :func:`bta.features.matrix.layout_for`)."""
+        n = len(self._cats)
+        if self._layout_cache is None or self._layout_cache[0] != n:
+            if self._grow_categories:
+                layout = layout_for(self.spec, self._cats)
+            else:
+                base = layout_for(self.spec, self._fixed_categories)
+                extra = np.where(self._cat_flag[len(self._fixed_categories):] == -2, -2, -1)
+                layout = replace(base, cat_slot=np.concatenate([base.cat_slot, extra]))
+            self._layout_cache = (n, layout)
+        return self._layout_cache[1]
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return self.layout.feature_names
+
+    def vector(self, user_id: Any, as_of_ms: int | None = None):
+        """One user's stored feature entries ``(indices int32, values float64)``, or None.
+
+        For serving: no pandas, allocations of the user's own size only. ``as_of_ms`` (epoch
+        ms) earlier than the user's latest event is raised to it.
+        """
+        s = self._user_slot.get(user_id)
+        if s is None:
+            return None
+        with self._lock:
+            if self._UI[s, K.U_N_EVENTS] == 0:
+                return None
+            last = int(self._UI[s, K.U_LAST_TS])
+            t = last if as_of_ms is None or as_of_ms < last else int(as_of_ms)
+            layout = self.layout
+            spec = self.spec
+            return OK_.emit_one(
+                np.int64(s), np.int64(t), layout.cat_slot, np.int64(layout.n_cat),
+                np.int64(layout.pv_slot), spec.windows_ms, np.int64(spec.bucket_ms),
+                spec.half_life_ms, spec.ctr_prior[0], spec.ctr_prior[1], spec.user_features,
+                np.int64(len(spec.events)), self._UI, self._UF, self._first, self._UB, self._CI,
+                self._CF, self._cell_ev, self._cell_cat, self._cell_next, self._P_t,
+                self._P_cell, self._P_n)
+
     def _emit(self, slots: np.ndarray, as_of_ms: int):
-        layout = layout_for(self.spec, self._cats)
+        layout = self.layout
         spec = self.spec
         max_cells = OK_.cells_per_user(np.int64(len(self._user_ids)), self._first,
                                        self._cell_next)
@@ -322,6 +378,7 @@ class OnlineProfiles:
                                  "event": ["page_view", "conversion"],
                                  "category": ["a", "a"], "value": [0.0, 1.0]}), ts_unit="ms")
         tmp.features()
+        tmp.vector(0)
         return self
 
 
