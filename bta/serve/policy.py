@@ -15,7 +15,7 @@ import numpy as np
 
 from bta.errors import check_param
 
-__all__ = ["Greedy", "EpsilonGreedy", "Softmax", "Policy"]
+__all__ = ["Greedy", "EpsilonGreedy", "Softmax", "Uniform", "Policy"]
 
 
 @dataclass(frozen=True)
@@ -89,4 +89,18 @@ class Softmax:
         return a, float(p[a])
 
 
-Policy = Greedy | EpsilonGreedy | Softmax
+@dataclass(frozen=True)
+class Uniform:
+    """Every candidate with the same probability ``1 / n`` (rotation, blind to scores)."""
+
+    name: str = "uniform"
+
+    def probabilities(self, scores: np.ndarray) -> np.ndarray:
+        return np.full(scores.shape[0], 1.0 / scores.shape[0])
+
+    def choose(self, scores: np.ndarray, u: float) -> tuple[int, float]:
+        n = scores.shape[0]
+        return min(int(u * n), n - 1), 1.0 / n
+
+
+Policy = Greedy | EpsilonGreedy | Softmax | Uniform

@@ -1,0 +1,120 @@
+"""Profile stores: where the Engine reads a user's features and segments per request.
+
+A store returns a :class:`Profile`: the user's stored feature entries in a fixed column layout
+(``feature_names``) and the user's segment flags over ``segment_names``. The in-process
+:class:`MemoryProfileStore` wraps :class:`~bta.features.OnlineProfiles` and a
+:class:`~bta.segment.book.SegmentBook`; :class:`~bta.serve.redis_store.RedisProfileStore` keeps
+the same profiles in Redis for a fleet of ad servers.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, NamedTuple, Protocol, Sequence
+
+import numpy as np
+
+from bta.errors import ConfigError
+from bta.features import OnlineProfiles
+from bta.segment.book import SegmentBook
+
+__all__ = ["Profile", "ProfileStore", "MemoryProfileStore"]
+
+
+class Profile(NamedTuple):
+    """A user's profile as the Engine reads it."""
+
+    indices: np.ndarray   #: int32 feature columns of the stored entries
+    values: np.ndarray    #: float64 values
+    segments: np.ndarray  #: bool flags over the store's ``segment_names``
+
+
+class ProfileStore(Protocol):
+    """What the Engine needs of a store. ``get`` may raise (the Engine falls back)."""
+
+    feature_names: tuple[str, ...]
+    nan_absent: np.ndarray
+    segment_names: tuple[str, ...]
+
+    def get(self, user_id: Any, as_of_ms: int) -> Profile | None: ...
+
+    def erase(self, user_id: Any) -> bool: ...
+
+
+_NO_SEGMENTS = np.zeros(0, dtype=bool)
+
+
+class MemoryProfileStore:
+    """In-process store: online feature state plus segment memberships.
+
+    Parameters
+    ----------
+    profiles : OnlineProfiles
+        Must have a fixed layout (``grow_categories=False``) so that column indices compiled
+        into rules and scorers stay valid.
+    book : SegmentBook, optional
+        Segment memberships; replace it atomically with :meth:`set_book`.
+    """
+
+    def __init__(self, profiles: OnlineProfiles, book: SegmentBook | None = None):
+        if not isinstance(profiles, OnlineProfiles):
+            raise ConfigError(f"profiles must be an OnlineProfiles, got {type(profiles).__name__}")
+        if profiles._grow_categories:
+            raise ConfigError("profiles must have a fixed layout: create them with "
+                              "OnlineProfiles(spec, categories=..., grow_categories=False)")
+        self.profiles = profiles
+        layout = profiles.layout
+        self.feature_names = layout.feature_names
+        self.nan_absent = layout.nan_absent
+        self._lock = threading.Lock()
+        self._book_state: tuple = ((), {}, None)
+        if book is not None:
+            self.set_book(book)
+
+    @property
+    def segment_names(self) -> tuple[str, ...]:
+        return self._book_state[0]
+
+    @property
+    def book(self) -> SegmentBook | None:
+        return self._book_state[2]
+
+    def set_book(self, book: SegmentBook) -> None:
+        """Swap in a new segment book (readers see the old or the new one, never a mix)."""
+        rows = {u: i for i, u in enumerate(book.users.tolist())}
+        # one reference assignment: a reader takes the whole tuple at once
+        self._book_state = (tuple(book.names), rows, book)
+
+    def get(self, user_id: Any, as_of_ms: int | None = None) -> Profile | None:
+        """The user's profile at ``as_of_ms`` (epoch ms), or None for an unknown user."""
+        names, rows, book = self._book_state
+        vec = self.profiles.vector(user_id, as_of_ms)
+        r = rows.get(user_id) if book is not None else None
+        if r is not None:
+            flags = np.zeros(len(names), dtype=bool)
+            M = book.membership
+            flags[M.indices[M.indptr[r]:M.indptr[r + 1]]] = True
+        else:
+            flags = np.zeros(len(names), dtype=bool)
+        if vec is None:
+            return None if r is None else Profile(np.zeros(0, np.int32), np.zeros(0), flags)
+        return Profile(vec[0], vec[1], flags)
+
+    def get_many(self, user_ids: Sequence[Any], as_of_ms: int | None = None
+                 ) -> list[Profile | None]:
+        return [self.get(u, as_of_ms) for u in user_ids]
+
+    def update(self, events: Any, **kwargs: Any):
+        """Fold events into the online profiles (see :meth:`OnlineProfiles.update`)."""
+        return self.profiles.update(events, **kwargs)
+
+    def erase(self, user_id: Any) -> bool:
+        """Forget the user's profile and segment memberships in this store."""
+        found = self.profiles.erase(user_id)
+        names, rows, book = self._book_state
+        if user_id in rows:
+            rows = dict(rows)
+            del rows[user_id]
+            self._book_state = (names, rows, book)
+            found = True
+        return found
