@@ -22,6 +22,7 @@ __all__ = [
     "sort_by_user_time",
     "find_duplicates",
     "gather_columns",
+    "user_activity",
     "session_codes",
 ]
 
@@ -55,8 +56,9 @@ def dense_codes(values, valid, max_span):
     Parameters
     ----------
     values : ndarray of shape (n,), int32 or int64
-    valid : ndarray of shape (n,), bool
-        Rows to encode; the others get code -1 and do not enter the vocabulary.
+    valid : ndarray of shape (n,) or (0,), bool
+        Rows to encode; the others get code -1 and do not enter the vocabulary. An
+        empty mask means every row is valid (saves a pass over an all-True array).
     max_span : int
         Give up (``ok`` False) when ``max - min + 1`` of the valid values exceeds this,
         because the lookup table would cost more memory than a hash factorization.
@@ -70,11 +72,12 @@ def dense_codes(values, valid, max_span):
         The distinct valid values, ascending (``np.unique`` order).
     """
     n = values.shape[0]
+    all_valid = valid.shape[0] == 0
     lo = np.int64(0)
     hi = np.int64(-1)
     seen = False
     for i in range(n):
-        if valid[i]:
+        if all_valid or valid[i]:
             v = np.int64(values[i])
             if not seen:
                 lo = v
@@ -84,16 +87,16 @@ def dense_codes(values, valid, max_span):
                 lo = v
             elif v > hi:
                 hi = v
-    codes = np.full(n, -1, np.int32)
     if not seen:
-        return True, codes, np.empty(0, np.int64)
-    # hi - lo can overflow int64 for values at both ends of the range; compare halves.
-    if hi // 2 - lo // 2 >= max_span // 2:
-        return False, codes, np.empty(0, np.int64)
+        return True, np.full(n, -1, np.int32), np.empty(0, np.int64)
+    # hi - lo can overflow int64 (ids at both ends of the range); the uint64 difference
+    # is exact since 0 <= hi - lo < 2**64.
+    if np.uint64(hi) - np.uint64(lo) >= np.uint64(max_span):
+        return False, np.empty(0, np.int32), np.empty(0, np.int64)
     span = hi - lo + 1
     table = np.zeros(span, np.int32)
     for i in range(n):
-        if valid[i]:
+        if all_valid or valid[i]:
             table[np.int64(values[i]) - lo] = 1
     k = 0
     for j in range(span):
@@ -106,9 +109,9 @@ def dense_codes(values, valid, max_span):
     for j in range(span):
         if table[j] >= 0:
             uniques[table[j]] = lo + j
+    codes = np.empty(n, np.int32)
     for i in range(n):
-        if valid[i]:
-            codes[i] = table[np.int64(values[i]) - lo]
+        codes[i] = table[np.int64(values[i]) - lo] if all_valid or valid[i] else -1
     return True, codes, uniques
 
 
@@ -152,32 +155,23 @@ def small_factorize(keys, max_distinct):
 
 
 @batch_jit()
-def _sort_segment(ts_sorted, rows, a, b):
-    """Stable sort of positions ``a:b`` on time, moving ``rows`` along."""
+def _sort_keys(keys, a, b):
+    """Sort the distinct int64 ``keys[a:b]`` in place (insertion or quicksort)."""
     for j in range(a + 1, b):
-        if ts_sorted[j] < ts_sorted[j - 1]:
+        if keys[j] < keys[j - 1]:
             break
     else:
-        return  # already in order: clickstreams usually arrive sorted by time
+        return
     if b - a <= _SMALL:
         for j in range(a + 1, b):
-            t = ts_sorted[j]
-            r = rows[j]
+            k = keys[j]
             q = j - 1
-            # strict comparison keeps equal times in input order (stability)
-            while q >= a and ts_sorted[q] > t:
-                ts_sorted[q + 1] = ts_sorted[q]
-                rows[q + 1] = rows[q]
+            while q >= a and keys[q] > k:
+                keys[q + 1] = keys[q]
                 q -= 1
-            ts_sorted[q + 1] = t
-            rows[q + 1] = r
+            keys[q + 1] = k
     else:
-        idx = np.argsort(ts_sorted[a:b], kind="mergesort")
-        seg_t = ts_sorted[a:b].copy()
-        seg_r = rows[a:b].copy()
-        for j in range(b - a):
-            ts_sorted[a + j] = seg_t[idx[j]]
-            rows[a + j] = seg_r[idx[j]]
+        keys[a:b] = np.sort(keys[a:b])
 
 
 @batch_jit(parallel=True)
@@ -185,10 +179,16 @@ def sort_by_user_time(codes, ts, n_users, n_chunks):
     """Stable sort of the rows with ``codes >= 0`` by (code, ts).
 
     A counting sort on the user code, then each user's segment is sorted on time:
-    nothing to do when already sorted, insertion sort for short segments, a stable merge
-    sort for long ones. The rows are cut into ``n_chunks`` contiguous chunks counted and
-    placed in parallel; chunk ``k`` writes each user's rows after those of chunks
-    ``< k``, so the result is the same stable order for any ``n_chunks``.
+    nothing to do when already sorted, insertion sort for short segments, an
+    O(k log k) sort for long ones. The rows are cut into ``n_chunks`` contiguous chunks
+    counted and placed in parallel; chunk ``k`` writes each user's rows after those of
+    chunks ``< k``, so the result is the same stable order for any ``n_chunks``.
+
+    Each row travels as one key ``(ts - t_min) << bits | row``, ``bits`` being enough
+    for any row number: the random-access placement, which dominates the cost, writes
+    one array instead of two, and ties on time are ordered by row, i.e. stably, for free.
+    This needs the time span to fit in the remaining bits (17 years of milliseconds for
+    20M rows); when it does not, ``ok`` is False and the caller passes time ranks.
 
     Parameters
     ----------
@@ -201,6 +201,7 @@ def sort_by_user_time(codes, ts, n_users, n_chunks):
 
     Returns
     -------
+    ok : bool
     offsets : ndarray of shape (n_users + 1,), int64
     ts_sorted : ndarray of shape (m,), int64
     rows : ndarray of shape (m,), int64
@@ -209,11 +210,20 @@ def sort_by_user_time(codes, ts, n_users, n_chunks):
     n = codes.shape[0]
     step = (n + n_chunks - 1) // n_chunks
     cursor = np.zeros((n_chunks, n_users), np.int64)
+    t_lo = np.full(n_chunks, np.iinfo(np.int64).max, np.int64)
+    t_hi = np.full(n_chunks, np.iinfo(np.int64).min, np.int64)
     for k in prange(n_chunks):
+        lo = np.iinfo(np.int64).max
+        hi = np.iinfo(np.int64).min
         for i in range(k * step, min(n, (k + 1) * step)):
             c = codes[i]
             if c >= 0:
                 cursor[k, c] += 1
+                t = ts[i]
+                lo = min(lo, t)
+                hi = max(hi, t)
+        t_lo[k] = lo
+        t_hi[k] = hi
     offsets = np.empty(n_users + 1, np.int64)
     total = np.int64(0)
     for u in range(n_users):
@@ -223,19 +233,32 @@ def sort_by_user_time(codes, ts, n_users, n_chunks):
             cursor[k, u] = total
             total += count
     offsets[n_users] = total
-    ts_sorted = np.empty(total, np.int64)
-    rows = np.empty(total, np.int64)
+    t_min = t_lo.min()
+    bits = 0
+    while (np.int64(1) << bits) < n:
+        bits += 1
+    # uint64 difference: exact even when t_max - t_min overflows int64
+    # uint64 difference: exact even when t_max - t_min overflows int64
+    if total > 0 and (bits >= 63 or np.uint64(t_hi.max()) - np.uint64(t_min)
+                      >= (np.uint64(1) << np.uint64(63 - bits))):
+        return False, offsets, np.empty(0, np.int64), np.empty(0, np.int64)
+    keys = np.empty(total, np.int64)
     for k in prange(n_chunks):
         for i in range(k * step, min(n, (k + 1) * step)):
             c = codes[i]
             if c >= 0:
                 p = cursor[k, c]
-                ts_sorted[p] = ts[i]
-                rows[p] = i
+                keys[p] = ((ts[i] - t_min) << bits) | i
                 cursor[k, c] = p + 1
     for u in prange(n_users):
-        _sort_segment(ts_sorted, rows, offsets[u], offsets[u + 1])
-    return offsets, ts_sorted, rows
+        _sort_keys(keys, offsets[u], offsets[u + 1])
+    ts_sorted = np.empty(total, np.int64)
+    mask = (np.int64(1) << bits) - 1
+    for j in prange(total):
+        key = keys[j]
+        ts_sorted[j] = (key >> bits) + t_min
+        keys[j] = key & mask  # the key array becomes the row array
+    return True, offsets, ts_sorted, keys
 
 
 @batch_jit()
@@ -345,33 +368,67 @@ def find_duplicates(offsets, ts_sorted, rows, event, category, value, session):
 
 
 @batch_jit(parallel=True)
-def gather_columns(rows, offsets, event, category, value):
-    """Columns in sorted order: user codes from ``offsets``, then ``event[rows]``,
-    ``category[rows]`` and ``value[rows]``.
+def gather_columns(rows, offsets, event, category, value, user_out):
+    """Columns in sorted order: ``event[rows]``, ``category[rows]``, ``value[rows]``;
+    user codes from ``offsets`` are written into ``user_out[:m]``.
 
-    ``category`` or ``value`` may be empty (column not provided): the output is then -1
-    or 0.0. Missing values (NaN) become 0.0.
+    ``user_out`` is a dead int32 buffer of at least ``m`` rows (the caller reuses the
+    per-input-row user codes, saving one large allocation). ``category`` may be empty
+    (output all -1) and so may ``value`` (output empty: the caller uses zeros). Missing
+    values (NaN) become 0.0.
     """
     m = rows.shape[0]
-    user = np.empty(m, np.int32)
-    ev = np.empty(m, np.int16)
-    cat = np.empty(m, np.int32)
-    val = np.empty(m, np.float64)
-    has_cat = category.shape[0] > 0
-    has_val = value.shape[0] > 0
     for u in prange(offsets.shape[0] - 1):
         for j in range(offsets[u], offsets[u + 1]):
-            user[j] = u
+            user_out[j] = u
+    ev = np.empty(m, np.int16)
+    cat = np.empty(m, np.int32)
+    has_cat = category.shape[0] > 0
     for j in prange(m):
         r = rows[j]
         ev[j] = event[r]
         cat[j] = category[r] if has_cat else -1
-        if has_val:
-            v = value[r]
-            val[j] = 0.0 if np.isnan(v) else v
-        else:
-            val[j] = 0.0
-    return user, ev, cat, val
+    val = np.empty(m if value.shape[0] > 0 else 0, np.float64)
+    for j in prange(val.shape[0]):
+        v = value[rows[j]]
+        val[j] = 0.0 if np.isnan(v) else v
+    return ev, cat, val
+
+
+@batch_jit(parallel=True)
+def user_activity(offsets, ts, event, click, impression):
+    """Per user: distinct UTC clock hours with events, clicks and impressions.
+
+    Rows are sorted by (user, ts), so distinct hours are counted as changes of
+    ``ts // 3_600_000`` (floor division, also right for times before 1970).
+
+    Returns
+    -------
+    hours, clicks, impressions : ndarray of shape (n_users,), int64
+    """
+    n_users = offsets.shape[0] - 1
+    hours = np.zeros(n_users, np.int64)
+    clicks = np.zeros(n_users, np.int64)
+    imps = np.zeros(n_users, np.int64)
+    for u in prange(n_users):
+        h = np.int64(0)
+        c = np.int64(0)
+        k = np.int64(0)
+        last = np.int64(0)
+        for j in range(offsets[u], offsets[u + 1]):
+            hour = ts[j] // np.int64(3_600_000)
+            if h == 0 or hour != last:
+                h += 1
+                last = hour
+            e = event[j]
+            if e == click:
+                c += 1
+            elif e == impression:
+                k += 1
+        hours[u] = h
+        clicks[u] = c
+        imps[u] = k
+    return hours, clicks, imps
 
 
 @batch_jit()

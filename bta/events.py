@@ -8,14 +8,16 @@ with a reason code (``errors="raise"``, the default, raises instead).
 
 Row problems, checked in this order (the first that applies is the row's reason):
 
-==================== ===================================================================
-``missing_user``     null (or empty string) user id
-``bad_time``         null or unparseable time
-``time_out_of_range`` time outside ``time_range`` (``lo <= t < hi``)
-``unknown_event``    null event name, or a name that is neither standard nor declared
-``bad_value``        negative or infinite value (a null value is 0.0, not a problem)
-``duplicate``        exact duplicate of an earlier accepted row on every provided column
-==================== ===================================================================
+======================= ================================================================
+``missing_user``        null (or empty string) user id
+``bad_time``            null or unparseable time
+``time_out_of_range``   time outside ``time_range`` (``lo <= t < hi``)
+``unknown_event``       null event name, or a name neither standard nor declared
+``bad_value``           negative or infinite value (a null value is 0.0, not a problem)
+``duplicate``           exact duplicate of an earlier accepted row on every provided
+                        column (times compared in milliseconds, null equals null); the
+                        first is kept
+======================= ================================================================
 
 Columns (bta name: what it may hold):
 
@@ -34,6 +36,7 @@ import dataclasses
 import datetime as _dt
 import logging
 import os
+import re
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -42,6 +45,7 @@ import numpy as np
 import pandas as pd
 
 from bta import _event_kernels as _k
+from bta._jit import num_threads
 from bta.errors import ConfigError, SchemaError, UnknownNameError, check_param
 
 __all__ = [
@@ -81,12 +85,14 @@ _REASON_COLUMN = {"missing_user": "user_id", "bad_time": "ts", "time_out_of_rang
                   "unknown_event": "event", "bad_value": "value", "duplicate": None}
 _CLICK = STANDARD_EVENTS.index("ad_click")
 _IMPRESSION = STANDARD_EVENTS.index("ad_impression")
-_MS_PER_HOUR = 3_600_000
 # Integer ids spanning at most this many values (beyond 2 per row) are encoded by a direct
 # lookup table (O(n + span), 4 bytes per slot); wider ranges go through a hash table.
 _DIRECT_SPAN_SLACK = 1 << 20
 # Largest |epoch seconds| that still fits int64 milliseconds.
 _MAX_EPOCH_S = np.iinfo(np.int64).max // 1000
+# Waking numba's worker threads costs milliseconds (far more on a busy machine); below this
+# many rows one thread finishes first.
+_PARALLEL_MIN_ROWS = 200_000
 # Epoch numbers whose median magnitude is below this are seconds, else milliseconds:
 # 1e11 s is the year 5138 while 1e11 ms is 1973-03-03, so realistic data of either
 # unit falls clearly on its side.
@@ -139,6 +145,9 @@ def to_epoch_ms(t: Any, name: str) -> int:
     return int(stamp.value // 1_000_000)
 
 
+_DAY_UNIT = re.compile(r"(?<=\d)\s*d(?![a-z])")
+
+
 def to_millis(duration: Any, name: str) -> int:
     """A positive duration as integer milliseconds.
 
@@ -169,21 +178,30 @@ def to_millis(duration: Any, name: str) -> int:
                 "seconds)")
     if isinstance(duration, (bool, np.bool_)) or duration is None:
         check_param(name, duration, False, expected)
-    if isinstance(duration, (int, np.integer, float, np.floating)):
+    if isinstance(duration, (int, np.integer, float, np.floating)) and not isinstance(
+            duration, np.timedelta64):  # np.timedelta64 is an np.integer too
         seconds = float(duration)
         check_param(name, duration, bool(np.isfinite(seconds)) and seconds > 0, expected)
         ms = round(seconds * 1000.0)
     else:
         check_param(name, duration,
                     isinstance(duration, (str, _dt.timedelta, np.timedelta64)), expected)
+        # pandas 3 deprecates the lowercase day unit ("7d"); bta's names use it, so spell it
+        # the way pandas wants before parsing (messages keep the caller's spelling)
+        parsed = _DAY_UNIT.sub("D", duration) if isinstance(duration, str) else duration
         try:
-            td = pd.Timedelta(duration)
+            td = pd.Timedelta(parsed)
         except (ValueError, TypeError, OverflowError):
             td = pd.NaT
         check_param(name, duration, td is not pd.NaT and td.value > 0, expected)
         ms = (td.value + 500_000) // 1_000_000  # Timedelta.value is nanoseconds
     check_param(name, duration, ms >= 1, "a duration of at least 1 millisecond")
     return int(ms)
+
+
+def _threads(n_rows: int) -> int | None:
+    """Thread count for the kernels on ``n_rows`` rows (None: numba's default)."""
+    return 1 if n_rows < _PARALLEL_MIN_ROWS else None
 
 
 def _fmt_ms(ms: int | None) -> str:
@@ -384,6 +402,14 @@ def _check_not_nested(x: np.ndarray, where: str) -> None:
             return
 
 
+def _nullable_numbers(x: np.ndarray, kind: str, expected: str) -> pd.Series:
+    """An object column of Python numbers (and nulls) as a nullable Int64/Float64 Series."""
+    try:
+        return pd.Series(pd.array(x, dtype="Int64" if kind == "integer" else "Float64"))
+    except (TypeError, ValueError, OverflowError):  # e.g. integers beyond int64
+        raise SchemaError(f"{expected} {_describe(x)} beyond int64/float64") from None
+
+
 def _factorize(x: np.ndarray | pd.Series, small: bool) -> tuple[np.ndarray, np.ndarray]:
     """``pd.factorize`` (codes, uniques as an ndarray), with a fast path for object columns.
 
@@ -433,9 +459,7 @@ def _read_ids(x: np.ndarray | pd.Series, col: str, where: str, small: bool
             _check_not_nested(x, where)
             kind = pd.api.types.infer_dtype(x, skipna=True)
             if kind in ("integer", "floating", "mixed-integer-float"):
-                return _read_ids(pd.Series(pd.array(x, dtype="Float64")
-                                           if kind != "integer" else pd.array(x, dtype="Int64")),
-                                 col, where, small)
+                return _read_ids(_nullable_numbers(x, kind, expected), col, where, small)
             if kind not in ("string", "empty"):
                 raise SchemaError(f"{expected} {_describe(x)}")
         elif dtype.kind == "S":
@@ -465,7 +489,8 @@ def _read_ids(x: np.ndarray | pd.Series, col: str, where: str, small: bool
             frac = ~missing & (vals != np.floor(vals))
         if frac.any() or np.isinf(vals).any():
             i = int(np.flatnonzero(frac | np.isinf(vals))[0])
-            raise SchemaError(f"{expected} floats with fractions (e.g. {vals[i]!r} at row {i})")
+            raise SchemaError(f"{expected} floats with fractions "
+                              f"(e.g. {float(vals[i])!r} at row {i})")
         ints = np.where(missing, 0.0, vals).astype(np.int64)
         return ints, None, (missing if missing.any() else None)
     else:
@@ -579,8 +604,7 @@ def _read_times(x: np.ndarray | pd.Series, where: str, unit: str
             _check_not_nested(x, where)
             kind = pd.api.types.infer_dtype(x, skipna=True)
             if kind in ("integer", "floating", "mixed-integer-float"):
-                num = pd.Series(pd.array(x, dtype="Int64" if kind == "integer" else "Float64"))
-                return _read_times(num, where, unit)
+                return _read_times(_nullable_numbers(x, kind, expected), where, unit)
             if kind in ("boolean", "timedelta", "bytes", "complex", "interval", "period"):
                 raise SchemaError(f"{expected} {_describe(x)}")
         return _parse_times(x) + (None,)
@@ -693,6 +717,58 @@ def _take(x: np.ndarray | pd.Series, rows: np.ndarray) -> Any:
     return x[rows] if isinstance(x, np.ndarray) else x.iloc[rows].reset_index(drop=True)
 
 
+def _event_codes(ev_raw: np.ndarray, ev_names: list[str], opts: _Options, where: str
+                 ) -> tuple[np.ndarray, tuple[str, ...], list[str]]:
+    """Event codes (int16, -1 = unknown or null), the vocabulary and the unknown names.
+
+    The vocabulary is the standard names, the declared ones, then (``strict_events``
+    False) the names seen in the column, sorted so that codes do not depend on row order.
+    """
+    event_types = STANDARD_EVENTS + opts.event_types
+    if not opts.strict_events:
+        event_types += tuple(sorted(set(ev_names) - set(event_types)))
+        if len(event_types) > np.iinfo(np.int16).max:
+            raise SchemaError(f"{where} has {len(event_types)} event names; at most 32767 "
+                              "fit the int16 event codes")
+    known = {name: i for i, name in enumerate(event_types)}
+    lut = np.array([known.get(name, -1) for name in ev_names] + [-1], dtype=np.int16)
+    unknown = sorted(name for name in ev_names if name not in known)
+    return lut[ev_raw], event_types, unknown  # code -1 (null) picks the last slot, -1
+
+
+def _first_reasons(masks: Sequence[np.ndarray | None], n: int) -> np.ndarray | None:
+    """Per row, 1 + the index of the first mask that is True (0: none); None if no row
+    has a problem. Masks are applied last first so that earlier reasons overwrite."""
+    reason = None
+    for code in range(len(masks), 0, -1):
+        m = masks[code - 1]
+        if m is not None and m.any():
+            if reason is None:
+                reason = np.zeros(n, np.int8)
+            reason[m] = code
+    return reason
+
+
+def _quarantine_frame(reason: np.ndarray | None, cols: dict[str, Any],
+                      take: Callable[[np.ndarray], pd.DataFrame] | None) -> pd.DataFrame:
+    """Rejected input rows (original columns) with ``row`` and ``reason`` added.
+
+    Input columns already named ``row``/``reason`` are kept as ``row_input``/
+    ``reason_input``.
+    """
+    bad_rows = np.flatnonzero(reason) if reason is not None else np.empty(0, np.int64)
+    if take is None:
+        q = pd.DataFrame({c: _take(x, bad_rows) for c, x in cols.items()})
+    else:
+        q = take(bad_rows).reset_index(drop=True)
+    q = q.rename(columns={c: f"{c}_input" for c in ("row", "reason") if c in q.columns})
+    q["row"] = bad_rows
+    q["reason"] = pd.Categorical.from_codes(
+        (reason[bad_rows] - 1) if reason is not None else np.empty(0, np.int8),
+        categories=list(REASONS))
+    return q
+
+
 def _ingest(raw: dict[str, Any], sources: dict[str, Hashable], n: int | None,
             take: Callable[[np.ndarray], pd.DataFrame] | None, opts: _Options) -> EventLog:
     """Validate, encode and sort; every constructor ends here."""
@@ -712,16 +788,7 @@ def _ingest(raw: dict[str, Any], sources: dict[str, Hashable], n: int | None,
                                                        where["category"], small=True)
     value = _read_values(cols["value"], where["value"]) if "value" in cols else None
 
-    # event vocabulary: standard, declared, then (non-strict) unseen names, sorted
-    event_types = STANDARD_EVENTS + opts.event_types
-    if not opts.strict_events:
-        event_types += tuple(sorted(set(ev_names) - set(event_types)))
-        if len(event_types) > np.iinfo(np.int16).max:
-            raise SchemaError(f"{where['event']} has {len(event_types)} event names; "
-                              "at most 32767 fit the int16 event codes")
-    known = {name: i for i, name in enumerate(event_types)}
-    lut = np.array([known.get(name, -1) for name in ev_names] + [-1], dtype=np.int16)
-    event = lut[ev_raw]  # code -1 (null) picks the last slot, -1
+    event, event_types, unknown = _event_codes(ev_raw, ev_names, opts, where["event"])
     del ev_raw
 
     # row problems, assigned last reason first so that the first matching reason wins
@@ -736,91 +803,91 @@ def _ingest(raw: dict[str, Any], sources: dict[str, Hashable], n: int | None,
     if value is not None:
         with np.errstate(invalid="ignore"):
             bad_value = (value < 0) | np.isinf(value)
-    masks = (uid_missing, ts_bad, out_of_range, event < 0, bad_value)
-    reason: np.ndarray | None = None
-    for code in range(len(masks), 0, -1):
-        m = masks[code - 1]
-        if m is not None and m.any():
-            if reason is None:
-                reason = np.zeros(n, np.int8)
-            reason[m] = code
-    del masks, out_of_range, bad_value, uid_missing, ts_bad, ts_big
+    reason = _first_reasons((uid_missing, ts_bad, out_of_range, event < 0, bad_value), n)
+    del out_of_range, bad_value, uid_missing, ts_bad, ts_big
     texts = dict(_REASON_TEXT)
     texts["time_out_of_range"] = texts["time_out_of_range"].format(
         range=f"[{_fmt_ms(lo)}, {_fmt_ms(hi) if hi is not None else '+inf'})")
-    unknown = sorted(name for name in ev_names if name not in known)
     if unknown:
         texts["unknown_event"] += (f"; unknown names {unknown[:5]}, declare them with "
                                    "event_types= or pass strict_events=False")
     if reason is not None and opts.errors == "raise":
         raise _row_error(reason, where, texts)
-    valid = (reason == 0) if reason is not None else np.ones(n, bool)
+    valid = (reason == 0) if reason is not None else np.empty(0, bool)  # empty: all valid
 
-    # encode users and categories over the valid rows only
-    user_codes, users = _encode(uid_vals, uid_uniques, valid)
-    del uid_vals, uid_uniques
-    if "category" in cols:
-        cat_valid = valid if cat_missing is None else (valid & ~cat_missing)
-        cat_codes, categories = _encode(cat_vals, cat_uniques, cat_valid)
-        del cat_vals, cat_uniques, cat_valid
-    else:
-        cat_codes, categories = np.empty(0, np.int32), np.empty(0, dtype=object)
-    del valid
+    with num_threads(_threads(n)):
+        # encode users and categories over the valid rows only
+        user_codes, users = _encode(uid_vals, uid_uniques, valid)
+        del uid_vals, uid_uniques
+        if "category" in cols:
+            cat_valid = valid if cat_missing is None else (
+                ~cat_missing if reason is None else (valid & ~cat_missing))
+            cat_codes, categories = _encode(cat_vals, cat_uniques, cat_valid)
+            del cat_vals, cat_uniques, cat_valid
+        else:
+            cat_codes, categories = np.empty(0, np.int32), np.empty(0, dtype=object)
+        del valid
 
-    # one counter array of n_users per chunk: use few chunks when users are many
-    n_chunks = max(1, min(numba.get_num_threads(), 8, n // max(4 * len(users), 1)))
-    offsets, ts_sorted, rows = _k.sort_by_user_time(user_codes, np.ascontiguousarray(ts_ms),
-                                                    len(users), n_chunks)
-    del user_codes, ts_ms
+        # one counter array of n_users per chunk: use few chunks when users are many
+        n_chunks = max(1, min(numba.get_num_threads(), 8, n // max(4 * len(users), 1)))
+        ts_ms = np.ascontiguousarray(ts_ms)
+        ok, offsets, ts_sorted, rows = _k.sort_by_user_time(user_codes, ts_ms, len(users),
+                                                            n_chunks)
+        if not ok:
+            # times too far apart to pack beside row numbers (over 17 years of ms at 20M
+            # rows): sort their ranks, which always fit, and map back
+            times, ranks = np.unique(ts_ms, return_inverse=True)
+            ok, offsets, ts_sorted, rows = _k.sort_by_user_time(user_codes, ranks, len(users),
+                                                                n_chunks)
+            ts_sorted = times[ts_sorted]
+            del times, ranks
+        del ts_ms
 
-    # exact duplicates sit in the same (user, ts) run after the sort
-    session = cols.get("session_id")
-    val_k = value if value is not None else np.empty(0, np.float64)
-    sess_k = np.empty(0, np.int64)
-    if session is not None:
-        try:
-            sess_k = pd.factorize(session)[0].astype(np.int64, copy=False)
-        except TypeError as exc:  # unhashable ids (lists, dicts)
-            raise SchemaError(f"{where['session_id']} must hold hashable ids: {exc}") from None
-    dup = _k.find_duplicates(offsets, ts_sorted, rows, event, cat_codes, val_k, sess_k)
-    del sess_k
-    if dup.any():
-        if reason is None:
-            reason = np.zeros(n, np.int8)
-        reason[rows[dup]] = REASONS.index("duplicate") + 1
-        if opts.errors == "raise":
-            raise _row_error(reason, where, texts)
-        removed_before = np.concatenate(([0], np.cumsum(dup)))
-        offsets = offsets - removed_before[offsets]
-        keep = ~dup
-        ts_sorted, rows = ts_sorted[keep], rows[keep]
-        del keep, removed_before
-    del dup
+        # exact duplicates sit in the same (user, ts) run after the sort
+        session = cols.get("session_id")
+        val_k = value if value is not None else np.empty(0, np.float64)
+        sess_k = np.empty(0, np.int64)
+        if session is not None:
+            try:
+                sess_k = pd.factorize(session)[0].astype(np.int64, copy=False)
+            except TypeError as exc:  # unhashable ids (lists, dicts)
+                raise SchemaError(f"{where['session_id']} must hold hashable ids: "
+                                  f"{exc}") from None
+        dup = _k.find_duplicates(offsets, ts_sorted, rows, event, cat_codes, val_k, sess_k)
+        del sess_k
+        if dup.any():
+            if reason is None:
+                reason = np.zeros(n, np.int8)
+            reason[rows[dup]] = REASONS.index("duplicate") + 1
+            if opts.errors == "raise":
+                raise _row_error(reason, where, texts)
+            removed_before = np.concatenate(([0], np.cumsum(dup)))
+            offsets = offsets - removed_before[offsets]
+            keep = ~dup
+            ts_sorted, rows = ts_sorted[keep], rows[keep]
+            del keep, removed_before
+        del dup
 
-    user_s, ev_s, cat_s, val_s = _k.gather_columns(rows, offsets, event, cat_codes, val_k)
-    del event, cat_codes, val_k, value
-    session_s = None
-    if session is not None:
-        session_s = np.asarray(_take(session, rows))
-    del rows
+        user_s = user_codes[:len(rows)]  # dead after the sort; reused for the output
+        ev_s, cat_s, val_s = _k.gather_columns(rows, offsets, event, cat_codes, val_k, user_s)
+        if value is None:
+            val_s = np.zeros(len(rows))  # calloc: pages are only touched when read
+        del event, cat_codes, val_k, value
+        session_s = None
+        if session is not None:
+            session_s = np.asarray(_take(session, rows))
+        del rows
 
-    bad_rows = np.flatnonzero(reason) if reason is not None else np.empty(0, np.int64)
-    if take is None:
-        q = pd.DataFrame({c: _take(x, bad_rows) for c, x in cols.items()})
-    else:
-        q = take(bad_rows).reset_index(drop=True)
-    q = q.rename(columns={c: f"{c}_input" for c in ("row", "reason") if c in q.columns})
-    q["row"] = bad_rows
-    q["reason"] = pd.Categorical.from_codes(
-        (reason[bad_rows] - 1) if reason is not None else np.empty(0, np.int8),
-        categories=list(REASONS))
-
-    log = EventLog._from_parts(user=user_s, ts=ts_sorted, event=ev_s, category=cat_s,
-                               value=val_s, user_offsets=offsets, users=users,
-                               categories=categories, event_types=event_types,
-                               quarantine=q, n_input_rows=n, session_id=session_s)
-    log._set_flags(opts.flag_bots)
-    return log
+        q = _quarantine_frame(reason, cols, take)
+        if len(q):
+            logger.info("quarantined %d of %d input rows: %s", len(q), n,
+                        q["reason"].value_counts().loc[lambda c: c > 0].to_dict())
+        log = EventLog._from_parts(user=user_s, ts=ts_sorted, event=ev_s, category=cat_s,
+                                   value=val_s, user_offsets=offsets, users=users,
+                                   categories=categories, event_types=event_types,
+                                   quarantine=q, n_input_rows=n, session_id=session_s)
+        log._set_flags(opts.flag_bots)
+        return log
 
 
 # ------------------------------------------------------------------------ bots, sessions
@@ -839,17 +906,8 @@ def _bot_stats(user_offsets: np.ndarray, ts: np.ndarray, event: np.ndarray,
         return {"n_events": n_events, "active_hours": n_events.copy(), "rate": empty,
                 "rate_z": empty, "clicks": n_events.copy(), "impressions": n_events.copy(),
                 "ctr": empty, "flag": np.empty(0, np.int8)}
-    # distinct clock hours per user: rows are sorted by (user, ts), so count the changes
-    hour = ts // _MS_PER_HOUR
-    new_hour = np.empty(len(ts), bool)
-    new_hour[0] = True
-    np.not_equal(hour[1:], hour[:-1], out=new_hour[1:])
-    del hour
-    new_hour[starts] = True
-    hours = np.add.reduceat(new_hour, starts, dtype=np.int64)
-    del new_hour
-    clicks = np.add.reduceat(event == _CLICK, starts, dtype=np.int64)
-    imps = np.add.reduceat(event == _IMPRESSION, starts, dtype=np.int64)
+    with num_threads(_threads(len(ts))):
+        hours, clicks, imps = _k.user_activity(user_offsets, ts, event, _CLICK, _IMPRESSION)
     rate = n_events / hours
     log_rate = np.log(rate)
     med = np.median(log_rate)
@@ -963,6 +1021,10 @@ class EventLog:
         Always ``n_rows + len(quarantine)``.
     session_id : ndarray of shape (n_rows,) or None
         The input's session ids, when given.
+    bot_rule : BotRule
+        The rule ``flagged`` was computed with.
+    flag_report : pandas.DataFrame
+        The flagged users and why (see the property).
 
     All arrays are C-contiguous. Rows are sorted by (user code, ts) with ties in input
     order, and all codes come from sorted vocabularies, so shuffling the input rows only
@@ -1298,9 +1360,12 @@ class EventLog:
             plus that quarantine.
         """
         sel = np.asarray(users)
+        if sel.size == 0 and sel.dtype != bool:
+            sel = sel.astype(np.int64)  # [] selects nobody, whatever dtype it came as
         if sel.dtype == bool:
-            check_param("users", f"a bool mask of length {len(sel)}", sel.shape == (self.n_users,),
-                        f"a bool mask of length n_users={self.n_users} or user codes")
+            if sel.shape != (self.n_users,):
+                raise ConfigError(f"users must be a bool mask of length n_users={self.n_users} "
+                                  f"or user codes, got a bool array of shape {sel.shape}")
             keep = sel
         else:
             check_param("users", users, sel.dtype.kind in "iu" and sel.ndim <= 1
