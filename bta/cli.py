@@ -41,8 +41,10 @@ def _demo(args: argparse.Namespace) -> int:
     print("\nEvents")
     print(f"  rows in {s['rows_in']:,}   accepted {s['rows_accepted']:,}   "
           f"quarantined {s['rows_quarantined']:,}")
-    print(f"  users {log.n_users:,}   flagged as bots {int(log.flagged.sum()):,} "
-          f"(planted: {int(cs.users['is_bot'].sum()):,})")
+    planted = set(cs.users.loc[cs.users["is_bot"], "user_id"].tolist())
+    flagged = set(log.users[log.flagged].tolist())
+    print(f"  users {log.n_users:,}   flagged as bots {len(flagged):,} "
+          f"(planted bots {len(planted):,}; flagged and planted {len(flagged & planted):,})")
     sessions = log.sessionize()
     print(f"  sessions {sessions.count:,}   mean events/session {sessions.mean_events:.2f}   "
           f"mean duration {sessions.mean_duration_s:.0f} s")

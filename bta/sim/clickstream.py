@@ -170,7 +170,7 @@ class SimConfig:
     revenue_sigma: float = 1.0
     bot_fraction: float = 0.005
     bot_activity: float = 20.0
-    bot_ctr: float = 0.05
+    bot_ctr: float = 0.6
     activity_sigma: float = 1.0
     interest_concentration: float = 20.0
     group_focus: float = 0.8
@@ -582,7 +582,7 @@ def simulate_clickstream(
     revenue_sigma: float = 1.0,
     bot_fraction: float = 0.005,
     bot_activity: float = 20.0,
-    bot_ctr: float = 0.05,
+    bot_ctr: float = 0.6,
     activity_sigma: float = 1.0,
     interest_concentration: float = 20.0,
     group_focus: float = 0.8,
@@ -633,7 +633,7 @@ def simulate_clickstream(
         Fraction of users that are bots, in [0, 1).
     bot_activity : float, default 20.0
         Visit-rate multiplier of bots.
-    bot_ctr : float, default 0.05
+    bot_ctr : float, default 0.6
         Click probability of a bot on any impression.
     activity_sigma : float, default 1.0
         Log-scale sigma of human activity (heavier tail when larger).
