@@ -1,0 +1,122 @@
+"""OnlineProfiles throughput: the benchmark stream, time ordered, in micro-batches of 10,000.
+
+Two paths: ``update(df)`` (ingestion of a DataFrame included) and ``update_log(log)`` (EventLogs
+built beforehand: the pure update). Target: 2,000,000 events/s. Before timing, each path's
+profiles after the whole stream are checked equal, bit for bit, to ``build_features`` on the same
+events. Micro-batches are built outside the timed part; each timed round starts from empty
+profiles (made in ``setup``, untimed) and folds in every batch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from _data import time_ordered
+from _peers import page_view_events
+
+BATCH = 10_000
+
+
+def _spec():
+    from bta.features import FeatureSpec
+
+    # The per-category cells of the batch benchmark plus the per-user block (sessions, entropy),
+    # which a serving profile carries too.
+    return FeatureSpec(events=("page_view",), windows=("1d", "7d", "30d"), half_life="7d",
+                       exclude_flagged=False)
+
+
+def _log(user, ts, event, category):
+    from bta.events import BotRule, EventLog
+
+    # update(df) does not flag bots either (see OnlineProfiles.update).
+    return EventLog.from_arrays(user_id=user, ts=ts, event=event, category=category,
+                                ts_unit="ms", flag_bots=BotRule(enabled=False))
+
+
+@pytest.fixture(scope="module")
+def stream(bench_events):
+    ev = time_ordered(bench_events)
+    return ev, page_view_events(ev.n_events)
+
+
+@pytest.fixture(scope="module")
+def frames(stream):
+    ev, pv = stream
+    return [pd.DataFrame({"user_id": ev.user[i:i + BATCH], "ts": ev.ts[i:i + BATCH],
+                          "event": pv[i:i + BATCH], "category": ev.category[i:i + BATCH]})
+            for i in range(0, ev.n_events, BATCH)]
+
+
+@pytest.fixture(scope="module")
+def logs(stream):
+    ev, pv = stream
+    return [_log(ev.user[i:i + BATCH], ev.ts[i:i + BATCH], pv[i:i + BATCH],
+                 ev.category[i:i + BATCH]) for i in range(0, ev.n_events, BATCH)]
+
+
+@pytest.fixture(scope="module")
+def batch_features(stream):
+    from bta.features import build_features
+
+    ev, pv = stream
+    return build_features(_log(ev.user, ev.ts, pv, ev.category), _spec(), as_of=ev.as_of)
+
+
+def _feed_frames(profiles, frames):
+    for df in frames:
+        profiles.update(df, ts_unit="ms")
+    return profiles
+
+
+def _feed_logs(profiles, logs):
+    for log in logs:
+        profiles.update_log(log)
+    return profiles
+
+
+def _assert_same_matrix(got, want):
+    assert got.feature_names == want.feature_names
+    np.testing.assert_array_equal(got.users, want.users)
+    for part in ("indptr", "indices", "data"):
+        # bit-identical: both paths run the same kernels in the same order
+        np.testing.assert_array_equal(getattr(got.X, part), getattr(want.X, part), err_msg=part)
+
+
+@pytest.mark.benchmark(group="online")
+@pytest.mark.parametrize("path, threads", [("update(df)", None), ("update(df)", 1),
+                                           ("update_log(log)", None)],
+                         ids=["update(df)", "update(df)-1thread", "update_log(log)"])
+def test_online_update(benchmark, path, threads, stream, frames, logs, batch_features,
+                       online_rounds, record_rate):
+    # threads=1: ingestion runs parallel batch kernels; on 10k-event batches their start-up
+    # cost can exceed the work, so the serial figure is recorded beside the default one.
+    import numba
+
+    from bta._jit import num_threads
+    from bta.features import OnlineProfiles
+
+    ev, _pv = stream
+    spec = _spec()
+    OnlineProfiles(spec).warmup()
+    feed, batches = (_feed_frames, frames) if path == "update(df)" else (_feed_logs, logs)
+
+    def run(profiles, batches):
+        with num_threads(threads):
+            return feed(profiles, batches)
+
+    checked = run(OnlineProfiles(spec), batches)
+    assert checked.n_users == batch_features.n_users
+    _assert_same_matrix(checked.features(as_of=ev.as_of), batch_features)
+    profile_bytes = checked.memory_bytes()
+    del checked  # GBs at full size: not kept alive beside the timed rounds' profiles
+
+    n_rounds, _ = online_rounds
+    # no warm-up rounds: the checked run above already compiled and touched everything
+    benchmark.pedantic(run, setup=lambda: ((OnlineProfiles(spec), batches), {}),
+                       rounds=n_rounds, iterations=1, warmup_rounds=0)
+    record_rate(benchmark, ev.n_events, batch_size=BATCH, n_batches=len(batches),
+                target_events_per_s=2_000_000, profile_bytes=profile_bytes,
+                numba_threads=threads or numba.get_num_threads())
