@@ -318,3 +318,21 @@ def test_online_vector_equals_matrix_row_and_fixed_layout():
     batch = build_features(make_log(df), FeatureSpec(categories=tuple(CATS), exclude_flagged=False),
                            as_of=as_of)
     assert np.array_equal(batch.X.data, fm.X.data)
+
+
+def test_parallel_and_serial_kernels_agree(monkeypatch):
+    import bta.features.batch as batch
+
+    rng = np.random.default_rng(9)
+    n = 5000
+    df = pd.DataFrame({"user_id": rng.integers(0, 300, n), "ts": T0 + rng.integers(0, 40 * DAY, n),
+                       "event": rng.choice(STANDARD_EVENTS, n), "category": rng.choice(CATS, n),
+                       "value": rng.exponential(5.0, n)})
+    log = make_log(df.drop_duplicates(ignore_index=True), flag_bots=None)
+    spec = FeatureSpec()
+    serial = build_features(log, spec, as_of=T0 + 35 * DAY)
+    monkeypatch.setattr(batch, "PARALLEL_MIN_ROWS", 0)
+    parallel = build_features(log, spec, as_of=T0 + 35 * DAY)
+    assert np.array_equal(serial.X.indptr, parallel.X.indptr)
+    assert np.array_equal(serial.X.indices, parallel.X.indices)
+    assert np.array_equal(serial.X.data, parallel.X.data)

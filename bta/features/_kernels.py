@@ -414,3 +414,8 @@ def build_csr(user_offsets, ts, event, category, value, ev_slot, ev_weight, cat_
                      uI, uF, pv_slot, n_cat, user_col0, ctr_a, ctr_b, with_user, indices, data,
                      row_start[u])
     return indptr, indices, data, kept, counted_per_user.sum()
+
+
+#: The same kernel compiled without threads, for small logs: waking a thread pool costs more
+#: than the work below a few hundred thousand events (and stalls on oversubscribed machines).
+build_csr_serial = batch_jit(parallel=False)(build_csr.py_func)

@@ -8,7 +8,9 @@ Tables (owned by the Python class, grown there):
 - users: ``UI (cap_u, N_UI)``, ``UF (cap_u, N_UF)``, ``first_cell (cap_u,)`` (head of the user's
   cell list, -1 for none), ``UB (cap_u, 3)`` = window buffer start, length, capacity in the pool.
 - cells: ``CI (cap_c, N_CI)``, ``CF (cap_c, N_CF)``, ``cell_ev`` (event slot), ``cell_cat``
-  (category code), ``cell_next`` (next cell of the same user), found by ``cell_map[key]``.
+  (category code), ``cell_next`` (next cell of the same user). A user's cells are found by
+  walking that short list (users touch few cells); a global hash table of all cells cost about
+  100 bytes a cell and a cache miss per event at millions of users.
 - window buffer pool: ``P_t`` (event time, floored to the bucket in bucketed mode), ``P_cell``
   (global cell index), ``P_n`` (events merged into the entry). Each user owns a contiguous run.
 """
@@ -28,7 +30,33 @@ NEED_POOL = 1
 B_START = 0
 B_LEN = 1
 B_CAP = 2
-CAT_SHIFT = np.int64(1 << 24)  # category codes < 2**24 in the cell key
+
+
+@exact_jit()
+def lookup_ids(ids, table, next_slot):
+    """Slot of each (distinct) integer id; unknown ids get new slots from ``next_slot`` on."""
+    out = np.empty(ids.shape[0], dtype=np.int64)
+    n_new = 0
+    for i in range(ids.shape[0]):
+        k = ids[i]
+        if k in table:
+            out[i] = table[k]
+        else:
+            out[i] = next_slot + n_new
+            table[k] = next_slot + n_new
+            n_new += 1
+    return out, n_new
+
+
+@exact_jit()
+def _find_cell(head, cell_next, cell_ev, cell_cat, es, c):
+    """The user's cell for (event slot, category), or -1."""
+    cell = head
+    while cell >= 0:
+        if cell_cat[cell] == c and cell_ev[cell] == es:
+            return cell
+        cell = cell_next[cell]
+    return -1
 
 
 @exact_jit()
@@ -51,7 +79,7 @@ def _prune(s, UB, UI, P_t, P_cell, P_n, max_window_ms, bucket_ms):
 @exact_jit()
 def update(slots, ts, event, category, value, i0, ev_slot, ev_weight, cat_flag, n_ev_slots,
            half_life_ms, gap_ms, max_ms, max_window_ms, bucket_ms,
-           UI, UF, first_cell, UB, CI, CF, cell_ev, cell_cat, cell_next, cell_map, n_cells,
+           UI, UF, first_cell, UB, CI, CF, cell_ev, cell_cat, cell_next, n_cells,
            P_t, P_cell, P_n, pool_used):
     """Apply events ``i0:`` (sorted by slot, then time) to the tables.
 
@@ -80,9 +108,7 @@ def update(slots, ts, event, category, value, i0, ev_slot, ev_weight, cat_flag, 
         if es >= 0 and flag >= 0:
             if bucket_ms > 0:
                 tb = (t // bucket_ms) * bucket_ms
-            key = (s * n_ev_slots + es) * CAT_SHIFT + c
-            if key in cell_map:
-                cell = cell_map[key]
+            cell = _find_cell(first_cell[s], cell_next, cell_ev, cell_cat, es, c)
             merged = False
             if cell >= 0 and bucket_ms > 0:
                 # bucketed mode: fold into the entry of the same bucket and cell, if any
@@ -112,7 +138,6 @@ def update(slots, ts, event, category, value, i0, ev_slot, ev_weight, cat_flag, 
             if cell < 0:
                 cell = n_cells
                 n_cells += 1
-                cell_map[key] = cell
                 CI[cell, :] = 0
                 CF[cell, :] = 0.0
                 cell_ev[cell] = es
@@ -314,14 +339,10 @@ def cells_per_user(n_users, first_cell, cell_next):
 
 
 @exact_jit()
-def erase_user(s, UI, UF, first_cell, UB, CI, CF, cell_ev, cell_cat, cell_next, cell_map,
-               n_ev_slots):
+def erase_user(s, UI, UF, first_cell, UB, CI, CF, cell_ev, cell_cat, cell_next):
     """Forget everything about user slot ``s`` (its cells stay allocated but empty)."""
     cell = first_cell[s]
     while cell >= 0:
-        key = (s * n_ev_slots + cell_ev[cell]) * CAT_SHIFT + cell_cat[cell]
-        if key in cell_map:
-            cell_map.pop(key)
         CI[cell, :] = 0
         CF[cell, :] = 0.0
         nxt = cell_next[cell]

@@ -15,7 +15,10 @@ from bta.features import _kernels
 from bta.features.matrix import FeatureMatrix, layout_for
 from bta.features.spec import FeatureSpec
 
-__all__ = ["build_features", "event_slots"]
+__all__ = ["build_features", "event_slots", "PARALLEL_MIN_ROWS"]
+
+#: Logs smaller than this are built by the single-threaded kernel (see _kernels.build_csr_serial).
+PARALLEL_MIN_ROWS = 200_000
 
 
 def event_slots(spec: FeatureSpec, event_types: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
@@ -103,7 +106,9 @@ def build_features(log: EventLog, spec: FeatureSpec | None = None, as_of: Any = 
     layout = layout_for(spec, log.categories)
     ev_slot, weights = event_slots(spec, log.event_types)
     n_chunks = max(1, min(log.n_users, 64 * numba.get_num_threads()))
-    indptr, indices, data, kept, n_events = _kernels.build_csr(
+    kernel = (_kernels.build_csr if log.n_rows >= PARALLEL_MIN_ROWS and numba.get_num_threads() > 1
+              else _kernels.build_csr_serial)
+    indptr, indices, data, kept, n_events = kernel(
         log.user_offsets, log.ts, log.event, log.category, log.value, ev_slot, weights,
         layout.cat_slot, np.int64(layout.n_cat), np.int64(layout.pv_slot), np.int64(as_of_ms),
         spec.windows_ms, np.int64(spec.bucket_ms), spec.half_life_ms,

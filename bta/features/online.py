@@ -9,6 +9,7 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+
 from numba import types
 from numba.typed import Dict
 
@@ -68,7 +69,7 @@ class OnlineProfiles:
     Notes
     -----
     Memory, per user: about 200 bytes (state, buffer bookkeeping, id map). Per touched
-    (event type, category) cell: about 100 bytes (state, list link, hash entry). Window buffer:
+    (event type, category) cell: about 56 bytes (state and list link). Window buffer:
     20 bytes per entry, up to twice the live entries. In exact mode a user keeps one entry per
     event within the longest window (a user with 1,000 events in 30 days: ~20-40 kB). With
     ``FeatureSpec(window_bucket=B)`` entries of the same bucket and cell merge, so a user keeps
@@ -117,8 +118,9 @@ class OnlineProfiles:
         self._cell_ev = np.zeros(0, dtype=np.int64)
         self._cell_cat = np.zeros(0, dtype=np.int64)
         self._cell_next = np.zeros(0, dtype=np.int64)
-        self._cell_map = Dict.empty(key_type=types.int64, value_type=types.int64)
         self._n_cells = 0
+        # integer user ids -> slot, mirrored in _user_slot; None once a non-integer id arrives
+        self._int_slots = Dict.empty(key_type=types.int64, value_type=types.int64)
         self._P_t = np.zeros(1024, dtype=np.int64)
         self._P_cell = np.zeros(1024, dtype=np.int64)
         self._P_n = np.zeros(1024, dtype=np.int32)
@@ -144,13 +146,31 @@ class OnlineProfiles:
             self._cat_flag = np.append(self._cat_flag, flag)
         return code
 
-    def _add_user(self, u: Any) -> int:
-        slot = self._user_slot.get(u)
-        if slot is None:
-            slot = len(self._user_ids)
-            self._user_ids.append(u)
-            self._user_slot[u] = slot
-        return slot
+    def _user_slots(self, ids: np.ndarray) -> np.ndarray:
+        """Slots of ``ids``, adding new users (one dict lookup per distinct id)."""
+        if ids.dtype.kind in "iu" and self._int_slots is not None:
+            # integer ids: one compiled hash lookup per batch instead of a Python loop
+            old = len(self._user_ids)
+            slots, n_new = OK_.lookup_ids(ids.astype(np.int64), self._int_slots, np.int64(old))
+            if n_new:
+                is_new = slots >= old
+                new_ids = ids[is_new].tolist()
+                self._user_ids.extend(new_ids)
+                self._user_slot.update(zip(new_ids, slots[is_new].tolist()))
+            return slots
+        if ids.dtype.kind not in "iu":
+            self._int_slots = None  # mixed id types: the Python dict alone is the truth
+        get = self._user_slot.get
+        ids_list = ids.tolist()
+        slots = np.fromiter((get(u, -1) for u in ids_list), dtype=np.int64, count=len(ids_list))
+        new = np.flatnonzero(slots < 0)
+        if new.size:
+            first = len(self._user_ids)
+            new_ids = [ids_list[i] for i in new]
+            self._user_ids.extend(new_ids)
+            self._user_slot.update(zip(new_ids, range(first, first + new.size)))
+            slots[new] = np.arange(first, first + new.size)
+        return slots
 
     @property
     def n_users(self) -> int:
@@ -183,8 +203,7 @@ class OnlineProfiles:
         """Fold the events of an :class:`~bta.events.EventLog` into the profiles."""
         with self._lock:
             n = log.n_rows
-            slot_of_code = np.fromiter((self._add_user(u) for u in log.users.tolist()),
-                                       dtype=np.int64, count=log.n_users)
+            slot_of_code = self._user_slots(log.users)
             cat_of_code = np.fromiter((self._add_category(c) for c in log.categories.tolist()),
                                       dtype=np.int64, count=len(log.categories))
             self._ensure_events(log.event_types)
@@ -202,8 +221,11 @@ class OnlineProfiles:
             self._UF = _grow(self._UF, n_users)
             self._first = _grow(self._first, n_users, -1)
             self._UB = _grow(self._UB, n_users)
-            for s in range(old_u, self._UI.shape[0]):
-                K.user_init(self._UI[s], self._UF[s])
+            if self._UI.shape[0] > old_u:  # fresh rows: the state user_init gives
+                self._UI[old_u:] = 0
+                self._UI[old_u:, K.U_LAST_TS] = K.NO_TIME
+                self._UI[old_u:, K.U_LAST_CONV] = K.NO_TIME
+                self._UF[old_u:] = 0.0
             need_c = self._n_cells + n
             self._CI = _grow(self._CI, need_c)
             self._CF = _grow(self._CF, need_c)
@@ -220,7 +242,7 @@ class OnlineProfiles:
                     np.int64(spec.session_gap_ms), np.int64(spec.max_session_ms),
                     np.int64(self._max_window), np.int64(spec.bucket_ms),
                     self._UI, self._UF, self._first, self._UB, self._CI, self._CF, self._cell_ev,
-                    self._cell_cat, self._cell_next, self._cell_map, np.int64(self._n_cells),
+                    self._cell_cat, self._cell_next, np.int64(self._n_cells),
                     self._P_t, self._P_cell, self._P_n, np.int64(self._pool_used))
                 applied += a
                 excluded += x
@@ -357,9 +379,10 @@ class OnlineProfiles:
             s = self._user_slot.pop(user_id, None)
             if s is None:
                 return False
+            if self._int_slots is not None and isinstance(user_id, (int, np.integer)):
+                self._int_slots.pop(int(user_id), None)
             OK_.erase_user(np.int64(s), self._UI, self._UF, self._first, self._UB, self._CI,
-                           self._CF, self._cell_ev, self._cell_cat, self._cell_next,
-                           self._cell_map, np.int64(len(self.spec.events)))
+                           self._CF, self._cell_ev, self._cell_cat, self._cell_next)
             self._user_ids[s] = None
             return True
 
@@ -367,8 +390,7 @@ class OnlineProfiles:
         """Bytes held by the NumPy state tables and the window-buffer pool (ids excluded)."""
         arrays = (self._UI, self._UF, self._first, self._UB, self._CI, self._CF, self._cell_ev,
                   self._cell_cat, self._cell_next, self._P_t, self._P_cell, self._P_n)
-        # numba's typed dict: ~3 words per entry plus table slack
-        return int(sum(a.nbytes for a in arrays) + 48 * len(self._cell_map))
+        return int(sum(a.nbytes for a in arrays))
 
     def warmup(self) -> "OnlineProfiles":
         """Compile the kernels on a throw-away instance so no request waits for numba."""
