@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from types import MappingProxyType
 from typing import Any, Iterable, Literal, Mapping
 
@@ -141,25 +142,25 @@ class FeatureSpec:
                         "True or False")
 
     # ---- derived values (milliseconds) -------------------------------------------------------
-    @property
+    @cached_property
     def windows_ms(self) -> np.ndarray:
         """Windows in milliseconds, ascending (int64)."""
         return np.array([to_millis(w, "windows") for w in self.windows], dtype=np.int64)
 
-    @property
+    @cached_property
     def half_life_ms(self) -> float:
         return float(to_millis(self.half_life, "half_life"))
 
-    @property
+    @cached_property
     def session_gap_ms(self) -> int:
         return to_millis(self.session_gap, "session_gap")
 
-    @property
+    @cached_property
     def max_session_ms(self) -> int:
         """Maximum session length in ms; 0 means none."""
         return 0 if self.max_session is None else to_millis(self.max_session, "max_session")
 
-    @property
+    @cached_property
     def bucket_ms(self) -> int:
         """Window bucket in ms; 0 means exact windows."""
         return 0 if self.window_bucket is None else to_millis(self.window_bucket, "window_bucket")

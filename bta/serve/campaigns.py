@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Literal
 
 from bta.errors import ConfigError, check_param
@@ -58,8 +59,9 @@ class FrequencyCap:
         check_param("FrequencyCap.scope", self.scope, self.scope in ("creative", "campaign"),
                     "'creative' or 'campaign'")
 
-    @property
+    @cached_property
     def window_ms(self) -> int:
+        # cached: the request path reads it for every capped campaign
         return to_millis(self.window, "FrequencyCap.window")
 
 
@@ -154,10 +156,10 @@ class Campaign:
             if not isinstance(cap, FrequencyCap):
                 raise ConfigError(f"{where} caps must be FrequencyCap objects, got {cap!r}")
 
-    @property
+    @cached_property
     def start_ms(self) -> int | None:
         return None if self.start is None else to_epoch_ms(self.start, "Campaign.start")
 
-    @property
+    @cached_property
     def end_ms(self) -> int | None:
         return None if self.end is None else to_epoch_ms(self.end, "Campaign.end")

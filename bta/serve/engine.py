@@ -255,6 +255,9 @@ class Engine:
             sc = scorers[sname]
             if not (hasattr(sc, "feature_names") and hasattr(sc, "predict_one")):
                 raise ConfigError(f"scorer {sname!r} must have feature_names and predict_one()")
+            if getattr(sc, "n_classes", 1) != 1:
+                raise ConfigError(f"scorer {sname!r} must predict one click probability; it has "
+                                  f"{sc.n_classes} classes")
             missing = [f for f in sc.feature_names if f not in col_of]
             if missing:
                 raise ConfigError(f"scorer {sname!r} needs features the store does not have: "
@@ -341,6 +344,7 @@ class Engine:
             rid = _safe_request_id(request)
             return self._untargeted(snap, None, _now_ms(), rid, snap.experiment.control,
                                     "fallback:bad_request", record=False)
+        arm = snap.experiment.control
         try:
             arm = snap.experiment.assign(user_id)
             if not snap.experiment.is_targeted(arm):
@@ -364,8 +368,7 @@ class Engine:
             import logging
 
             logging.getLogger("bta").exception("decide failed; serving the fallback")
-            return self._house(snap, user_id, ts, request_id, snap.experiment.control,
-                               "fallback:error", 0)
+            return self._house(snap, user_id, ts, request_id, arm, "fallback:error", 0)
 
     def decide_batch(self, requests: Iterable[Request | Mapping[str, Any]] | pd.DataFrame
                      ) -> pd.DataFrame:
@@ -398,6 +401,9 @@ class Engine:
             if hist:
                 for i in np.flatnonzero(ok & snap.has_caps):
                     c = snap.campaigns[i]
+                    if not self._creative_ok(c, user_id, ts):
+                        ok[i] = False  # every creative capped: the campaign cannot serve
+                        continue
                     for cap in c.caps:
                         if cap.scope != "campaign":
                             continue
@@ -426,8 +432,7 @@ class Engine:
         if snap.n_rules:
             hit = np.zeros(snap.n_rules, dtype=np.bool_)
             R = snap.rules
-            segs = profile.segments if profile.segments.shape[0] == len(snap.store_segments) \
-                else np.zeros(len(snap.store_segments), dtype=bool)
+            segs = _segments_for(profile, snap.store_segments)
             K.eval_rules(R[0], R[1], R[2], R[3], R[4], R[5], R[6], R[7], R[8], R[9], segs,
                          np.ascontiguousarray(profile.indices, dtype=np.int32),
                          np.ascontiguousarray(profile.values, dtype=np.float64), hit)
@@ -443,7 +448,8 @@ class Engine:
             j = snap.scorer_maps[s][profile.indices]
             m = j >= 0
             x[j[m]] = profile.values[m]
-            p = float(snap.scorers[s].predict_one(x))
+            # scorers return the positive-class probability, as a scalar or shape (1,)
+            p = float(np.ravel(snap.scorers[s].predict_one(x))[0])
             ctr[sc == s] = p if math.isfinite(p) else 0.0
         ecpm = _ecpm(snap, cand, ctr)
         if time.perf_counter() - t0 > self.time_budget_s:
@@ -532,6 +538,23 @@ class Engine:
         return self
 
 
+def _segments_for(profile: Profile, names: tuple[str, ...]) -> np.ndarray:
+    """The profile's segment flags in the order the snapshot's rules were packed against."""
+    have = profile.segment_names
+    if have is None or have is names or have == names:
+        if profile.segments.shape[0] == len(names):
+            return profile.segments
+        return np.zeros(len(names), dtype=bool)
+    # the store's book changed since the last swap(): match by name, unknown names are False
+    pos = {n: i for i, n in enumerate(have)}
+    out = np.zeros(len(names), dtype=bool)
+    for j, n in enumerate(names):
+        i = pos.get(n)
+        if i is not None and i < profile.segments.shape[0]:
+            out[j] = profile.segments[i]
+    return out
+
+
 def _ecpm(snap: _Snapshot, cand: np.ndarray, ctr: np.ndarray) -> np.ndarray:
     """Expected value of 1,000 impressions per candidate campaign."""
     pricing = snap.pricing[cand]
@@ -609,8 +632,11 @@ def decisions_frame(rows: list[dict]) -> pd.DataFrame:
     """Decision dicts as a frame in the decision-log schema's column order and types."""
     cols = list(Decision.__slots__)
     df = pd.DataFrame(rows, columns=cols)
-    df["ts"] = pd.to_datetime(df["ts"].astype("int64"), unit="ms", utc=True)
-    df["user_id"] = df["user_id"].astype(str)
+    df["ts"] = pd.to_datetime(df["ts"].astype("int64"), unit="ms", utc=True).astype(
+        "datetime64[ms, UTC]")
+    # from the dicts, not the frame: pandas would already have turned int ids + None into floats
+    df["user_id"] = pd.Series([None if r["user_id"] is None else str(r["user_id"]) for r in rows],
+                              dtype=object, index=df.index)
     df["targeted"] = df["targeted"].astype(bool)
     df["n_eligible"] = df["n_eligible"].astype("int32")
     return df

@@ -27,6 +27,8 @@ class Profile(NamedTuple):
     indices: np.ndarray   #: int32 feature columns of the stored entries
     values: np.ndarray    #: float64 values
     segments: np.ndarray  #: bool flags over the store's ``segment_names``
+    #: the names ``segments`` is aligned with (None: the store's current ``segment_names``)
+    segment_names: tuple[str, ...] | None = None
 
 
 class ProfileStore(Protocol):
@@ -97,8 +99,9 @@ class MemoryProfileStore:
         else:
             flags = np.zeros(len(names), dtype=bool)
         if vec is None:
-            return None if r is None else Profile(np.zeros(0, np.int32), np.zeros(0), flags)
-        return Profile(vec[0], vec[1], flags)
+            return None if r is None else Profile(np.zeros(0, np.int32), np.zeros(0), flags,
+                                                  names)
+        return Profile(vec[0], vec[1], flags, names)
 
     def get_many(self, user_ids: Sequence[Any], as_of_ms: int | None = None
                  ) -> list[Profile | None]:

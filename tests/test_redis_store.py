@@ -1,0 +1,379 @@
+"""RedisProfileStore: the binary value format, equality with the in-process store, layouts,
+erasure, timeouts, and an outage the Engine survives and recovers from by itself."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bta.errors import ConfigError, SchemaError, StoreError
+from bta.features import FeatureSpec, OnlineProfiles
+from bta.segment.book import Segment, SegmentBook
+from bta.serve.campaigns import Campaign, Creative
+from bta.serve.engine import Engine
+from bta.serve.experiment import Experiment
+from bta.serve.redis_store import (
+    FORMAT_VERSION, RedisProfileStore, decode_profile, encode_profile, layout_fingerprint,
+)
+from bta.serve.store import MemoryProfileStore
+from bta.sim import simulate_clickstream
+
+# generous for loaded CI machines; the timeout test sets its own
+TIMEOUT_MS = 2000.0
+
+
+# ---- the value format (no server needed) --------------------------------------------------------
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 300).flatmap(lambda n: st.tuples(
+    st.just(n),
+    st.lists(st.integers(0, n - 1), unique=True, max_size=n),
+    st.lists(st.booleans(), max_size=40))),
+    st.sampled_from(["float64", "float32"]), st.integers(0, 2**32 - 1),
+    st.integers(-2**62, 2**62), st.data())
+def test_encode_decode_round_trip(shape, dtype, fp, as_of, data):
+    n_feat, cols, flags = shape
+    values = data.draw(st.lists(st.floats(allow_nan=True, allow_infinity=True, width=32),
+                                min_size=len(cols), max_size=len(cols)))
+    idx = np.array(cols, dtype=np.int64)
+    val = np.array(values, dtype=np.float64)
+    seg = np.array(flags, dtype=bool)
+    raw = encode_profile(idx, val, seg, fp, as_of, dtype)
+    assert len(raw) == 28 + 4 * len(cols) + (8 if dtype == "float64" else 4) * len(cols) \
+        + (len(flags) + 7) // 8
+    prof, t = decode_profile(raw, n_feat, len(flags), fp)
+    assert t == as_of
+    assert prof.indices.dtype == np.int32 and prof.values.dtype == np.float64
+    np.testing.assert_array_equal(prof.indices, idx)
+    # float32 inputs survive float32 storage exactly; NaN stays NaN
+    np.testing.assert_array_equal(prof.values, val)
+    np.testing.assert_array_equal(prof.segments, seg)
+    # another segment book: no memberships rather than wrong ones
+    other, _ = decode_profile(raw, n_feat, len(flags), (fp + 1) % 2**32)
+    assert not other.segments.any() and other.segments.shape == seg.shape
+    np.testing.assert_array_equal(other.values, val)
+
+
+def test_float32_values_are_rounded_to_float32():
+    val = np.array([0.1, 1 / 3, 123456.789])
+    raw = encode_profile(np.arange(3), val, np.zeros(0, bool), dtype="float32")
+    got, _ = decode_profile(raw, 3, 0, 0)
+    np.testing.assert_array_equal(got.values, val.astype(np.float32).astype(np.float64))
+
+
+@pytest.mark.parametrize(("mutate", "message"), [
+    (lambda b: b[:10], "profile value is not a bta profile: 10 bytes, shorter than the 28-byte "
+                       "header"),
+    (lambda b: b"xxxx" + b[4:], "profile value is not a bta profile: magic b'xxxx', expected "
+                                "b'btap'"),
+    (lambda b: b[:4] + bytes([FORMAT_VERSION + 1]) + b[5:],
+     f"profile value has format version {FORMAT_VERSION + 1} and dtype code 0; this bta reads "
+     f"version {FORMAT_VERSION} with dtype codes 0-1"),
+    (lambda b: b[:-1], "profile value has 52 bytes, expected 53 for 2 entries and 3 segments"),
+    (lambda b: b + b"\x00", "profile value has 54 bytes, expected 53 for 2 entries and 3 segments"),
+])
+def test_garbage_values_raise_store_error(mutate, message):
+    raw = encode_profile(np.array([0, 4]), np.array([1.0, 2.0]), np.array([True, False, True]))
+    assert len(raw) == 53
+    with pytest.raises(StoreError, match=re.escape(message)):
+        decode_profile(mutate(raw), 5, 3, 0)
+    with pytest.raises(StoreError, match=re.escape("feature columns outside [0, 4)")):
+        decode_profile(raw, 4, 3, 0)
+
+
+def test_layout_fingerprint():
+    names = ("a:1", "b:2", "c:3")
+    nan = np.array([False, True, False])
+    fp = layout_fingerprint(names, nan)
+    assert re.fullmatch(r"[0-9a-f]{16}", fp)
+    assert fp == layout_fingerprint(list(names), nan.tolist())
+    assert fp != layout_fingerprint(("a:1", "c:3", "b:2"), nan)      # order
+    assert fp != layout_fingerprint(names, ~nan)                      # nan_absent flags
+    assert fp != layout_fingerprint(("a:1", "b:2"), nan[:2])          # width
+    assert layout_fingerprint(("ab", "c"), [0, 0]) != layout_fingerprint(("a", "bc"), [0, 0])
+
+
+@pytest.mark.parametrize(("kw", "message"), [
+    (dict(feature_names=()), "feature_names must be a non-empty sequence of str, got ()"),
+    (dict(nan_absent=[True]), "nan_absent must have one flag per feature (2), got shape (1,)"),
+    (dict(prefix="a:b"), "prefix must be a non-empty string without ':', got 'a:b'"),
+    (dict(timeout_ms=0), "timeout_ms must be a finite number of milliseconds > 0, got 0"),
+    (dict(connect_timeout_ms=float("nan")),
+     "connect_timeout_ms must be a finite number of milliseconds > 0, got nan"),
+    (dict(dtype="float16"), "dtype must be 'float64' or 'float32', got 'float16'"),
+    (dict(url="localhost"), "url must be a Redis URL such as 'redis://127.0.0.1:6379/0', got "
+                            "'localhost'"),
+    (dict(segment_names=["a", "a"]), "segment_names must be unique strings, got ('a', 'a')"),
+    (dict(ttl=-1), "ttl must be a positive duration"),
+])
+def test_constructor_errors(kw, message):
+    args = dict(feature_names=("x:1", "y:2"), nan_absent=[False, True])
+    args.update(kw)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        RedisProfileStore(**args)
+
+
+# ---- a small world from the simulator -----------------------------------------------------------
+@pytest.fixture(scope="module")
+def world():
+    cs = simulate_clickstream(n_users=150, days=3, n_categories=4, seed=2, events_per_user_day=4)
+    spec = FeatureSpec(windows=("1d", "3d"), events=("page_view", "ad_click", "ad_impression"))
+    prof = OnlineProfiles(spec, categories=cs.categories, grow_categories=False)
+    prof.update(cs.events[["user_id", "ts", "event", "category", "value"]])
+    users = np.sort(cs.users["user_id"].to_numpy())
+    rng = np.random.default_rng(0)
+    segs = [Segment(f"s{j}", "custom", {}, rng.random(len(users)) < 0.3) for j in range(11)]
+    # a user of the book without any event: published with segments and no features
+    book = SegmentBook.from_segments(np.append(users, 10_000), [
+        Segment(s.name, s.kind, s.definition, np.append(s.members, True)) for s in segs],
+        min_audience=5)
+    as_of = int(cs.end.value // 1_000_000)
+    return dict(profiles=prof, book=book, as_of=as_of, users=users, categories=cs.categories,
+                memory=MemoryProfileStore(prof, book))
+
+
+def redis_store(url, prefix, world, **kw):
+    kw.setdefault("timeout_ms", TIMEOUT_MS)
+    return RedisProfileStore.from_profiles(world["profiles"], world["book"], url=url,
+                                           prefix=prefix, **kw)
+
+
+def assert_same_profile(got, want):
+    assert (got is None) == (want is None)
+    if want is None:
+        return
+    order = np.argsort(want.indices)
+    np.testing.assert_array_equal(np.sort(got.indices), want.indices[order])
+    np.testing.assert_array_equal(got.values[np.argsort(got.indices)], want.values[order])
+    np.testing.assert_array_equal(got.segments, want.segments)
+
+
+@pytest.mark.redis
+def test_publish_matches_memory_store(redis_server, redis_prefix, world):
+    store = redis_store(redis_server, redis_prefix, world)
+    n = store.publish_from(world["profiles"], as_of=world["as_of"], chunk_size=37)
+    assert n == len(world["users"]) + 1
+    mem, t = world["memory"], world["as_of"]
+    ids = list(world["users"]) + [10_000, 99_999, "1"]
+    for u in ids:
+        assert_same_profile(store.get(u, t), mem.get(u, t))
+    # the snapshot does not age: a later read returns the publish-time values
+    assert_same_profile(store.get(ids[0], t + 86_400_000), mem.get(ids[0], t))
+    assert store.published_at(ids[0]) == t
+    many = store.get_many(ids)
+    assert len(many) == len(ids)
+    for u, p in zip(ids, many):
+        assert_same_profile(p, mem.get(u, t))
+    assert store.get_many([]) == []
+    assert store.get(1.5) is None and store.get_many([None, 1.5]) == [None, None]
+
+
+@pytest.mark.redis
+def test_put_and_ids_of_both_types(redis_server, redis_prefix, world):
+    store = redis_store(redis_server, redis_prefix, world)
+    store.put(7, [0, 3], [1.5, np.nan], ["s1", "s4"], as_of_ms=123)
+    store.put("7", np.array([2], dtype=np.int32), [2.0])
+    p = store.get(7)
+    np.testing.assert_array_equal(p.indices, [0, 3])
+    np.testing.assert_array_equal(p.values, [1.5, np.nan])
+    assert [store.segment_names[j] for j in np.flatnonzero(p.segments)] == ["s1", "s4"]
+    assert store.published_at(7) == 123
+    q = store.get("7")
+    assert q.indices.tolist() == [2] and not q.segments.any()
+    flags = np.zeros(len(store.segment_names), dtype=bool)
+    flags[2] = True
+    store.put(8, [], [], flags)
+    assert store.get(8).segments.tolist() == flags.tolist()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (([0, 1], [1.0]), "profile of user 1: indices and values must be 1-d arrays of the same "
+                      "length, got shapes (2,) and (1,)"),
+    (([0.5], [1.0]), "profile of user 1: indices must be integer feature columns, got dtype "
+                     "float64"),
+    (([0, 10**6], [1.0, 2.0]), "profile of user 1: indices must be feature columns in [0, "),
+    (([1, 1], [1.0, 2.0]), "profile of user 1: indices must be unique feature columns"),
+    (([0], [1.0], ["nope"]), "profile of user 1: segment 'nope' is not one of the store's "
+                             "segment names"),
+    (([0], [1.0], np.zeros(3, dtype=bool)), "profile of user 1: segments must be bool flags of "
+                                            "shape (11,) over the store's segment names, got "
+                                            "shape (3,)"),
+])
+def test_put_errors(world, args, message):
+    # validation happens before any connection is used: the URL points nowhere
+    store = RedisProfileStore.from_profiles(world["profiles"], world["book"],
+                                            url="redis://127.0.0.1:1/0")
+    with pytest.raises(SchemaError, match=re.escape(message)):
+        store.put(1, *args)
+
+
+def test_publish_errors(world):
+    store = RedisProfileStore.from_profiles(world["profiles"], world["book"],
+                                            url="redis://127.0.0.1:1/0")
+    other = OnlineProfiles(FeatureSpec(windows=("1d",)), categories=["a"], grow_categories=False)
+    with pytest.raises(ConfigError, match=re.escape(
+            "profiles have another feature layout (23 features) than the store (56 features)")):
+        store.publish_from(other)
+    book2 = SegmentBook.from_segments([1, 2], [Segment("z", "custom", {}, np.array([1, 0], bool))])
+    with pytest.raises(ConfigError, match=re.escape("call store.set_book(book) first")):
+        store.publish_from(world["profiles"], book2)
+    with pytest.raises(ConfigError, match=re.escape("profiles must have a fixed layout")):
+        RedisProfileStore.from_profiles(OnlineProfiles(FeatureSpec()))
+    with pytest.raises(SchemaError, match=re.escape(
+            "X must have shape (n_users, n_features) = (2, 56), got (2, 3)")):
+        store.put_many([1, 2], sp.csr_matrix((2, 3)))
+
+
+@pytest.mark.redis
+def test_layout_change_never_reads_stale_vectors(redis_server, redis_prefix, world):
+    store = redis_store(redis_server, redis_prefix, world)
+    store.publish_from(world["profiles"], as_of=world["as_of"])
+    u = int(world["users"][0])
+    assert store.get(u) is not None
+    # one category fewer: another layout, another key space
+    cats = world["categories"][:-1]
+    smaller = OnlineProfiles(world["profiles"].spec, categories=cats, grow_categories=False)
+    other = RedisProfileStore.from_profiles(smaller, world["book"], url=redis_server,
+                                            prefix=redis_prefix, timeout_ms=TIMEOUT_MS)
+    assert other.layout != store.layout
+    assert other.get(u) is None
+    # erasure reaches every layout ever written under the prefix
+    other.put(u, [0], [1.0])
+    assert other.erase(u) is True
+    assert other.get(u) is None and store.get(u) is None
+    assert store.erase(u) is False
+
+
+@pytest.mark.redis
+def test_new_segment_book_reads_no_stale_memberships(redis_server, redis_prefix, world):
+    store = redis_store(redis_server, redis_prefix, world)
+    u = int(world["users"][0])
+    store.put(u, [1], [2.0], ["s0", "s3"])
+    reordered = SegmentBook.from_segments(
+        world["book"].users, [Segment(n, "custom", {}, world["book"].column(n))
+                              for n in reversed(world["book"].names)], min_audience=5)
+    store.set_book(reordered)
+    p = store.get(u)
+    assert p.indices.tolist() == [1] and not p.segments.any()
+    store.put(u, [1], [2.0], ["s0", "s3"])
+    names = [store.segment_names[j] for j in np.flatnonzero(store.get(u).segments)]
+    assert sorted(names) == ["s0", "s3"]
+
+
+@pytest.mark.redis
+def test_ttl_and_float32(redis_server, redis_prefix, world):
+    import redis
+
+    store = redis_store(redis_server, redis_prefix, world, ttl="1h", dtype="float32")
+    store.put(5, [0, 1], [0.1, 2.0])
+    client = redis.Redis.from_url(redis_server)
+    try:
+        assert 0 < client.pttl(store.key(5)) <= 3_600_000
+    finally:
+        client.close()
+    assert store.get(5).values.tolist() == [float(np.float32(0.1)), 2.0]
+
+
+@pytest.mark.redis
+def test_engine_on_redis_equals_engine_in_memory(redis_server, redis_prefix, world):
+    store = redis_store(redis_server, redis_prefix, world)
+    t = world["as_of"]
+    store.publish_from(world["profiles"], as_of=t)
+    campaigns = [
+        Campaign("a", (Creative("a-1"),), targeting='segment("s1") and ctr:smoothed > 0.005',
+                 bid=3.0),
+        Campaign("b", (Creative("b-1"), Creative("b-2")),
+                 targeting=f"count:page_view:{world['categories'][0]}:3d >= 2",
+                 bid=2.0),
+        Campaign("ron", (Creative("r-1"),), bid=1.0),
+    ]
+    house = Campaign("house", (Creative("h-1"),), bid=0.1)
+    exp = Experiment({"control": 0.2, "targeted": 0.8})
+    on_redis = Engine(campaigns, fallback=house, store=store, experiment=exp,
+                      time_budget_ms=TIMEOUT_MS).warmup()
+    in_memory = Engine(campaigns, fallback=house, store=world["memory"], experiment=exp,
+                       time_budget_ms=TIMEOUT_MS).warmup()
+    requests = [{"user_id": u, "ts": t, "request_id": f"r{i}"}
+                for i, u in enumerate(list(world["users"][:80]) + [10_000, 424242])]
+    got = on_redis.decide_batch(requests)
+    want = in_memory.decide_batch(requests)
+    pd.testing.assert_frame_equal(got, want)
+    assert (got["reason"] == "targeted").sum() > 20
+
+
+@pytest.mark.redis
+def test_outage_falls_back_and_recovers_by_itself(redis_process, world):
+    store = RedisProfileStore.from_profiles(world["profiles"], world["book"],
+                                            url=redis_process.url, timeout_ms=TIMEOUT_MS,
+                                            connect_timeout_ms=TIMEOUT_MS)
+    t = world["as_of"]
+    store.publish_from(world["profiles"], as_of=t)
+    everyone = Campaign("everyone", (Creative("e-1"),), targeting="ctr:smoothed >= 0", bid=5.0)
+    ron = Campaign("ron", (Creative("r-1"),), bid=1.0)
+    eng = Engine([everyone, ron], fallback=Campaign("house", (Creative("h-1"),)), store=store,
+                 experiment=Experiment({"control": 0.0, "targeted": 1.0}),
+                 time_budget_ms=TIMEOUT_MS).warmup()
+    users = [int(u) for u in world["users"][:5]]
+    assert [eng.decide({"user_id": u, "ts": t}).reason for u in users] == ["targeted"] * 5
+
+    redis_process.stop()
+    down = [eng.decide({"user_id": u, "ts": t}) for u in users]
+    assert [(d.reason, d.targeted, d.campaign_id) for d in down] == \
+        [("fallback:store_error", False, "ron")] * 5
+    with pytest.raises(StoreError, match="Redis read of .* failed: ConnectionError"):
+        store.get(users[0])
+
+    redis_process.start()  # same port, empty: the publisher writes again
+    store.publish_from(world["profiles"], as_of=t)
+    assert [eng.decide({"user_id": u, "ts": t}).reason for u in users] == ["targeted"] * 5
+
+
+@pytest.mark.redis
+def test_hung_server_times_out(redis_process, world):
+    store = RedisProfileStore.from_profiles(world["profiles"], world["book"],
+                                            url=redis_process.url, timeout_ms=50.0)
+    u = int(world["users"][0])
+    store.put(u, [0], [1.0])
+    assert store.get(u) is not None
+    os.kill(redis_process.proc.pid, signal.SIGSTOP)  # the server hangs: accepts, never answers
+    try:
+        t0 = time.perf_counter()
+        with pytest.raises(StoreError, match="Redis read of .* failed: TimeoutError"):
+            store.get(u)
+        elapsed = time.perf_counter() - t0
+        # one socket timeout and no retries (a retry would double the wait)
+        assert 0.04 < elapsed < 1.0
+        with pytest.raises(StoreError, match="Redis MGET of 1 keys failed: TimeoutError"):
+            store.get_many([u])
+    finally:
+        os.kill(redis_process.proc.pid, signal.SIGCONT)
+    assert store.get(u) is not None  # answers again on the same store
+
+
+@pytest.mark.redis
+def test_publish_selected_users_and_erased_ones(redis_server, redis_prefix, world):
+    spec = world["profiles"].spec
+    cats = world["categories"]
+    prof = OnlineProfiles(spec, categories=cats, grow_categories=False)
+    t = world["as_of"]
+    prof.update(pd.DataFrame({"user_id": [1, 1, 2], "ts": [t - 5000, t - 4000, t - 3000],
+                              "event": ["page_view"] * 3, "category": [cats[0]] * 3}),
+                ts_unit="ms")
+    store = RedisProfileStore.from_profiles(prof, url=redis_server, prefix=redis_prefix,
+                                            timeout_ms=TIMEOUT_MS)
+    assert store.publish_from(prof, as_of=t, users=[1, 2]) == 2
+    mem = MemoryProfileStore(prof)
+    assert_same_profile(store.get(1), mem.get(1, t))
+    prof.erase(1)
+    # publishing an erased (or unknown) user removes the stale snapshot: None, as in memory
+    assert store.publish_from(prof, as_of=t, users=[1, 2, 3]) == 1
+    assert store.get(1) is None and mem.get(1, t) is None and store.get(3) is None
+    assert_same_profile(store.get(2), mem.get(2, t))
