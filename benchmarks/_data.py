@@ -109,3 +109,20 @@ def time_ordered(ev: Events) -> Events:
     order = np.argsort(ev.ts, kind="stable")
     return Events(user=ev.user[order], ts=ev.ts[order], category=ev.category[order],
                   as_of=ev.as_of, n_users=ev.n_users, n_categories=ev.n_categories, days=ev.days)
+
+
+def bench_scale() -> float:
+    """Size factor of the segment, scoring, serving and A/B benchmarks (env ``BTA_BENCH_SCALE``).
+
+    Default 0.01 (the CI smoke size); 1.0 is the full size documented in RESULTS.md.
+    """
+    raw = os.environ.get("BTA_BENCH_SCALE", "").strip()
+    if not raw:
+        return 0.01
+    try:
+        scale = float(raw)
+    except ValueError:
+        raise ValueError(f"BTA_BENCH_SCALE must be a positive number, got {raw!r}") from None
+    if not scale > 0:
+        raise ValueError(f"BTA_BENCH_SCALE must be a positive number, got {raw!r}")
+    return scale

@@ -24,7 +24,6 @@ Run: ``python -m pytest benchmarks/test_bench_kmeans.py --benchmark-enable``; fu
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,24 +31,13 @@ import pytest
 import scipy.sparse as sp
 
 from bta.segment.clusters import kmeans, kmeans_plusplus
+from _data import bench_scale
 
 N_USERS_FULL = 1_000_000
 N_CATEGORIES = 200
 K = 50
 N_ITER = 10  # Lloyd iterations for every implementation (tol=0: no early stop unless converged)
 
-
-def bench_scale() -> float:
-    raw = os.environ.get("BTA_BENCH_SCALE", "").strip()
-    if not raw:
-        return 0.01
-    try:
-        scale = float(raw)
-    except ValueError:
-        raise ValueError(f"BTA_BENCH_SCALE must be a positive number, got {raw!r}") from None
-    if not scale > 0:
-        raise ValueError(f"BTA_BENCH_SCALE must be a positive number, got {raw!r}")
-    return scale
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ import scipy.sparse as sp
 from bta.events import EventLog
 from bta.features import FeatureMatrix, FeatureSpec, build_features
 from bta.segment.propensity import PropensityModel, training_set
+from _data import bench_scale
 
 N_USERS_FULL = 2_000_000
 # Training cost is not what is measured; 200k users are plenty for a model of realistic size.
@@ -43,18 +44,6 @@ MAX_TRAIN = 200_000
 MAX_CHECK = 50_000
 MAX_DENSE = 200_000
 
-
-def bench_scale() -> float:
-    raw = os.environ.get("BTA_BENCH_SCALE", "").strip()
-    if not raw:
-        return 0.01
-    try:
-        scale = float(raw)
-    except ValueError:
-        raise ValueError(f"BTA_BENCH_SCALE must be a positive number, got {raw!r}") from None
-    if not scale > 0:
-        raise ValueError(f"BTA_BENCH_SCALE must be a positive number, got {raw!r}")
-    return scale
 
 
 def rounds() -> tuple[int, int]:

@@ -25,7 +25,6 @@ Run: ``python -m pytest benchmarks/test_bench_rules.py --benchmark-enable``; ful
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Callable
 
@@ -37,6 +36,7 @@ import scipy.sparse as sp
 from bta.features import FeatureSpec
 from bta.features.matrix import FeatureMatrix, layout_for
 from bta.segment.rules import RuleSegment, evaluate_rules
+from _data import bench_scale
 
 N_USERS_FULL = 2_000_000
 N_RULES = 100
@@ -44,18 +44,6 @@ EVENTS = ("page_view", "search", "ad_impression", "ad_click")
 CATEGORIES = tuple(f"cat{k:02d}" for k in range(20))
 HOT = CATEGORIES[:4]  # the categories rules are about (a campaign targets a few)
 
-
-def bench_scale() -> float:
-    raw = os.environ.get("BTA_BENCH_SCALE", "").strip()
-    if not raw:
-        return 0.01
-    try:
-        scale = float(raw)
-    except ValueError:
-        raise ValueError(f"BTA_BENCH_SCALE must be a positive number, got {raw!r}") from None
-    if not scale > 0:
-        raise ValueError(f"BTA_BENCH_SCALE must be a positive number, got {raw!r}")
-    return scale
 
 
 # ---- data -------------------------------------------------------------------------------------

@@ -37,23 +37,12 @@ from bta.serve.engine import Engine
 from bta.serve.experiment import Experiment, hash_unit
 from bta.serve.policy import Greedy
 from bta.serve.store import MemoryProfileStore
+from _data import bench_scale
 
 #: p99 latency the in-process path should meet at full scale (microseconds)
 TARGET_P99_US = 200.0
 N_CHECK = 300  # requests compared with the reference before timing
 
-
-def bench_scale() -> float:
-    raw = os.environ.get("BTA_BENCH_SCALE", "").strip()
-    if not raw:
-        return 0.01
-    try:
-        scale = float(raw)
-    except ValueError:
-        raise ValueError(f"BTA_BENCH_SCALE must be a positive number, got {raw!r}") from None
-    if not scale > 0:
-        raise ValueError(f"BTA_BENCH_SCALE must be a positive number, got {raw!r}")
-    return scale
 
 
 def _n(full: int, minimum: int) -> int:
