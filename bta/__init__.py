@@ -15,7 +15,16 @@ __all__ = ["EventLog", "BotRule", "STANDARD_EVENTS", "FeatureSpec", "FeatureMatr
 
 
 def warmup() -> None:
-    """Compile every numba kernel bta's pipeline uses, so no request waits for a compile."""
+    """Compile the batch kernels of features, segments and evaluation ahead of use.
+
+    Objects that serve requests compile their own kernels when built or in their ``warmup()``
+    (``Engine.warmup()``, ``TreeScorer``, ``CompiledRule.warmup()``). With numba's on-disk
+    cache a warm start takes about a second; a cold one tens of seconds.
+    """
+    from bta.evaluate import _ab_kernels
     from bta.features import warmup as _features_warmup
+    from bta.segment import _kernels as _segment_kernels
 
     _features_warmup()
+    _segment_kernels.warmup()
+    _ab_kernels.warmup()
