@@ -287,7 +287,10 @@ def test_predict_matches_booster_on_dense_nan_features_and_is_deterministic():
     np.testing.assert_array_equal(p, m2.predict(fm))  # deterministic, whatever the threads
     dense = fm.to_pandas().to_numpy()
     assert np.isnan(dense[:, 2]).any()  # absent recency is NaN, not 0
-    np.testing.assert_array_equal(p, m1.booster_.predict(dense))
+    np.testing.assert_array_equal(m1.predict(fm, compiled=False), m1.booster_.predict(dense))
+    # the compiled scorer (the default) gives LightGBM's probabilities to 1e-12
+    np.testing.assert_allclose(p, m1.booster_.predict(dense), rtol=0, atol=1e-12)
+    assert m1.scorer().feature_names == tuple(m1.feature_names_)
     assert m1.booster_.num_trees() == m1.best_iteration_ == m1.report_.best_iteration
     assert ((p > 0) & (p < 1)).all()
     rep = m1.report_

@@ -672,7 +672,21 @@ class PropensityModel:
         return self
 
     # ---- scoring -------------------------------------------------------------------------------
-    def predict(self, fm: FeatureMatrix) -> np.ndarray:
+    def scorer(self) -> Any:
+        """The fitted model as a compiled :class:`~bta.scoring.TreeScorer` over bta's feature
+        names (what the serving Engine takes as a campaign model); cached."""
+        self._check_fitted()
+        cached = getattr(self, "_scorer", None)
+        if cached is None or cached[0] is not self.booster_:
+            from bta.scoring import TreeScorer
+
+            state = TreeScorer.from_lightgbm(self.booster_, warmup=False).to_dict()
+            state["feature_names"] = list(self.feature_names_)  # the booster says Column_i
+            cached = (self.booster_, TreeScorer.from_dict(state))
+            self._scorer = cached
+        return cached[1]
+
+    def predict(self, fm: FeatureMatrix, *, compiled: bool = True) -> np.ndarray:
         """Probability of the label for every user of ``fm``.
 
         Parameters
@@ -681,6 +695,9 @@ class PropensityModel:
             Columns are matched to the model's features by name: extra columns are ignored,
             and a model feature missing from ``fm`` is treated as absent for every user (0, or
             NaN for a ``nan_absent`` feature), as it would be for a category nobody visited.
+        compiled : bool, default True
+            Score with the compiled :meth:`scorer` (same values as LightGBM to 1e-12, several
+            times faster); False calls ``lightgbm.Booster.predict``.
 
         Returns
         -------
@@ -702,7 +719,10 @@ class PropensityModel:
         for r0 in range(0, fm.n_users, _CHUNK_ROWS):
             r1 = min(r0 + _CHUNK_ROWS, fm.n_users)
             block = _dense_block(fm, r0, r1, colmap, defaults)
-            out[r0:r1] = self.booster_.predict(block, num_threads=nt)
+            if compiled:
+                out[r0:r1] = self.scorer().predict(block)
+            else:
+                out[r0:r1] = self.booster_.predict(block, num_threads=nt)
         return out
 
     def segment(self, name: str, fm: FeatureMatrix, threshold: float | None = None,
