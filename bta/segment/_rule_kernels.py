@@ -25,7 +25,7 @@ from bta._jit import batch_jit, exact_jit
 __all__ = [
     "OP_CONST", "OP_FEATURE", "OP_SEGMENT", "OP_NEG", "OP_ABS", "OP_DEFINED", "OP_NOT",
     "OP_ADD", "OP_SUB", "OP_MUL", "OP_DIV", "OP_LT", "OP_LE", "OP_GT", "OP_GE", "OP_EQ",
-    "OP_NE", "OP_MIN", "OP_MAX", "OP_TOTAL", "OP_AND", "OP_OR", "eval_row", "fill_block",
+    "OP_NE", "OP_MIN", "OP_MAX", "OP_TOTAL", "OP_AND", "OP_OR", "eval_row", "run_code", "fill_block",
     "run_block",
 ]
 
@@ -83,8 +83,13 @@ def eval_row(code, consts, columns, nan_absent, seg_flags, indices, values, stac
         s = np.searchsorted(columns, indices[k])
         if s < n_slots and columns[s] == indices[k]:
             local[s] = values[k]
+    return run_code(code, consts, local, seg_flags, np.empty(max(stack_size, 1)))
 
-    stack = np.empty(max(stack_size, 1))
+
+@exact_jit()
+def run_code(code, consts, local, seg_flags, stack):
+    """Run postfix ``code`` with the rule's feature values in ``local`` (slot order) and a
+    caller-supplied ``stack`` (at least the rule's stack size); returns the condition."""
     sp = 0
     for pc in range(code.shape[0]):
         op = code[pc, 0]

@@ -125,6 +125,12 @@ class _Snapshot:
     scorer_defaults: tuple  # per scorer: the feature vector of an empty profile
     max_cap_window: int
     store_segments: tuple[str, ...]
+    slot_of: np.ndarray  # campaign -> slot in the engine's spend array
+    targeted_idx: np.ndarray  # campaigns with a targeting rule
+    targeted_rule: np.ndarray  # their rule index
+    ecpm_base: np.ndarray
+    ecpm_per_ctr: np.ndarray
+    index_of: dict  # campaign id -> index
 
 
 class Engine:
@@ -173,7 +179,10 @@ class Engine:
         self.store = store
         self.time_budget_s = float(time_budget_ms) / 1000.0
         self._runtime_lock = threading.Lock()
-        self._spend: dict[str, float] = {}
+        # spend per campaign lives in one array indexed by a slot per campaign id that
+        # survives swaps; a snapshot maps its campaigns to slots (slot_of)
+        self._slot: dict[str, int] = {}
+        self._spend_arr = np.zeros(0, dtype=np.float64)
         self._history: dict[Any, deque] = {}
         self._snap = self._build(campaigns, fallback, scorers or {}, experiment or Experiment(),
                                  policy or Greedy(), untargeted_policy or Uniform(),
@@ -310,6 +319,14 @@ class Engine:
                                       f"scorers {list(scorer_names)}")
                 scorer_of[i] = scorer_names.index(c.model)
         caps_w = [cap.window_ms for c in campaigns for cap in c.caps]
+        with self._runtime_lock:
+            for c in campaigns:  # the house ad is free and never spends
+                self._slot.setdefault(c.id, len(self._slot))
+            if self._spend_arr.shape[0] < len(self._slot):
+                grown = np.zeros(len(self._slot), dtype=np.float64)
+                grown[: self._spend_arr.shape[0]] = self._spend_arr
+                self._spend_arr = grown
+        slot_of = np.array([self._slot[c.id] for c in campaigns], dtype=np.int64)
         return _Snapshot(
             campaigns=campaigns, fallback=fallback, version=str(version), experiment=experiment,
             policy=policy, untargeted_policy=untargeted_policy, privacy=privacy,
@@ -331,7 +348,13 @@ class Engine:
             has_caps=np.array([bool(c.caps) for c in campaigns], dtype=bool),
             rules=rules, n_rules=len(compiled), scorers=tuple(scorer_list),
             scorer_maps=tuple(maps), scorer_defaults=tuple(defaults),
-            max_cap_window=max(caps_w, default=0), store_segments=seg_names)
+            max_cap_window=max(caps_w, default=0), store_segments=seg_names, slot_of=slot_of,
+            targeted_idx=np.flatnonzero(rule_of >= 0), targeted_rule=rule_of[rule_of >= 0],
+            ecpm_base=np.array([c.bid if c.pricing == "cpm" else 0.0 for c in campaigns]),
+            ecpm_per_ctr=np.array([0.0 if c.pricing == "cpm" else
+                                   1000.0 * c.bid * (c.cvr if c.pricing == "cpa" else 1.0)
+                                   for c in campaigns]),
+            index_of={c.id: i for i, c in enumerate(campaigns)})
 
     # ---- deciding ------------------------------------------------------------------------------
     def decide(self, request: Request | Mapping[str, Any]) -> Decision:
@@ -387,7 +410,7 @@ class Engine:
         """Flight, budget/pacing and frequency caps for every campaign."""
         ok = (snap.start <= ts) & (ts < snap.end)
         if np.isfinite(snap.budget).any():
-            spend = np.array([self._spend.get(c.id, 0.0) for c in snap.campaigns])
+            spend = self._spend_arr[snap.slot_of]
             allowed = snap.budget.copy()
             even = snap.pacing_even
             if even.any():
@@ -399,19 +422,22 @@ class Engine:
         if snap.has_caps.any() and user_id is not None:
             hist = self._history.get(user_id)
             if hist:
-                for i in np.flatnonzero(ok & snap.has_caps):
-                    c = snap.campaigns[i]
-                    if not self._creative_ok(c, user_id, ts):
-                        ok[i] = False  # every creative capped: the campaign cannot serve
+                # only campaigns in the user's (short) history can have reached a cap
+                seen: dict[str, list[int]] = {}
+                for t, cid, _crid in hist:
+                    seen.setdefault(cid, []).append(t)
+                for cid, times in seen.items():
+                    i = snap.index_of.get(cid)
+                    if i is None or not ok[i] or not snap.has_caps[i]:
                         continue
+                    c = snap.campaigns[i]
                     for cap in c.caps:
-                        if cap.scope != "campaign":
-                            continue
-                        w = cap.window_ms
-                        n = sum(1 for (t, cid, _cr) in hist if cid == c.id and ts - t < w)
-                        if n >= cap.max_impressions:
+                        if cap.scope == "campaign" and sum(
+                                1 for t in times if ts - t < cap.window_ms) >= cap.max_impressions:
                             ok[i] = False
                             break
+                    if ok[i] and not self._creative_ok(c, user_id, ts):
+                        ok[i] = False  # every creative capped: the campaign cannot serve
         return ok
 
     def _creative_ok(self, c: Campaign, user_id: Any, ts: int) -> list[int]:
@@ -435,22 +461,25 @@ class Engine:
             segs = _segments_for(profile, snap.store_segments)
             K.eval_rules(R[0], R[1], R[2], R[3], R[4], R[5], R[6], R[7], R[8], R[9], segs,
                          np.ascontiguousarray(profile.indices, dtype=np.int32),
-                         np.ascontiguousarray(profile.values, dtype=np.float64), hit)
-            targeted = snap.rule_of >= 0
-            ok[targeted] &= hit[snap.rule_of[targeted]]
+                         np.ascontiguousarray(profile.values, dtype=np.float64),
+                         np.int64(len(self.store.feature_names)), hit)
+            ok[snap.targeted_idx] &= hit[snap.targeted_rule]
         cand = np.flatnonzero(ok)
         if cand.size == 0:
             return self._untargeted(snap, user_id, ts, request_id, arm, "fallback:no_eligible")
-        ctr = snap.prior_ctr[cand].copy()
+        ctr = snap.prior_ctr[cand]
         sc = snap.scorer_of[cand]
-        for s in np.unique(sc[sc >= 0]):
+        for s in range(len(snap.scorers)):
+            used = sc == s
+            if not used.any():
+                continue
             x = snap.scorer_defaults[s].copy()
             j = snap.scorer_maps[s][profile.indices]
             m = j >= 0
             x[j[m]] = profile.values[m]
             # scorers return the positive-class probability, as a scalar or shape (1,)
             p = float(np.ravel(snap.scorers[s].predict_one(x))[0])
-            ctr[sc == s] = p if math.isfinite(p) else 0.0
+            ctr = np.where(used, p if math.isfinite(p) else 0.0, ctr)
         ecpm = _ecpm(snap, cand, ctr)
         if time.perf_counter() - t0 > self.time_budget_s:
             return self._untargeted(snap, user_id, ts, request_id, arm, "fallback:timeout")
@@ -501,7 +530,7 @@ class Engine:
 
     def _record(self, user_id, ts, campaign, creative_id, price, max_window) -> None:
         with self._runtime_lock:
-            self._spend[campaign.id] = self._spend.get(campaign.id, 0.0) + price / 1000.0
+            self._spend_arr[self._slot[campaign.id]] += price / 1000.0
             if max_window and user_id is not None and campaign.caps:
                 hist = self._history.setdefault(user_id, deque())
                 hist.append((ts, campaign.id, creative_id))
@@ -509,9 +538,10 @@ class Engine:
                     hist.popleft()
 
     def spend(self) -> dict[str, float]:
-        """Spend so far per campaign id (currency)."""
+        """Spend so far per campaign id (currency); campaigns that have not spent are left out."""
         with self._runtime_lock:
-            return dict(self._spend)
+            return {cid: float(self._spend_arr[i]) for cid, i in self._slot.items()
+                    if self._spend_arr[i] != 0.0}
 
     def erase(self, user_id: Any) -> None:
         """Forget the user's frequency-cap history in this engine."""
@@ -527,7 +557,8 @@ class Engine:
             for itype in (np.int32, np.int64):
                 K.eval_rules(R[0], R[1], R[2], R[3], R[4], R[5], R[6], R[7], R[8], R[9],
                              np.zeros(len(snap.store_segments), dtype=bool),
-                             np.zeros(0, dtype=itype), np.zeros(0), hit)
+                             np.zeros(0, dtype=itype), np.zeros(0),
+                             np.int64(len(self.store.feature_names)), hit)
         for sc, d in zip(snap.scorers, snap.scorer_defaults):
             if hasattr(sc, "warmup"):
                 sc.warmup()
@@ -556,12 +587,12 @@ def _segments_for(profile: Profile, names: tuple[str, ...]) -> np.ndarray:
 
 
 def _ecpm(snap: _Snapshot, cand: np.ndarray, ctr: np.ndarray) -> np.ndarray:
-    """Expected value of 1,000 impressions per candidate campaign."""
-    pricing = snap.pricing[cand]
-    bid = snap.bid[cand]
-    return np.where(pricing == 0, bid,
-                    np.where(pricing == 1, ctr * bid * 1000.0,
-                             ctr * snap.cvr[cand] * bid * 1000.0))
+    """Expected value of 1,000 impressions per candidate campaign.
+
+    ``ecpm = base + ctr * per_ctr``: CPM campaigns have ``base = bid, per_ctr = 0``; CPC
+    ``base = 0, per_ctr = 1000 * bid``; CPA ``base = 0, per_ctr = 1000 * cvr * bid``.
+    """
+    return snap.ecpm_base[cand] + ctr * snap.ecpm_per_ctr[cand]
 
 
 def _pack(compiled: list, seg_names: tuple[str, ...]) -> tuple:
