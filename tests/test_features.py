@@ -336,3 +336,13 @@ def test_parallel_and_serial_kernels_agree(monkeypatch):
     assert np.array_equal(serial.X.indptr, parallel.X.indptr)
     assert np.array_equal(serial.X.indices, parallel.X.indices)
     assert np.array_equal(serial.X.data, parallel.X.data)
+
+
+def test_online_accepts_array_vocabularies():
+    # an EventLog's vocabularies are NumPy arrays; they must work as the fixed layout
+    log = make_log(pd.DataFrame({"user_id": [1], "ts": [T0], "event": ["page_view"],
+                                 "category": ["autos"]}))
+    prof = OnlineProfiles(FeatureSpec(), categories=log.categories, grow_categories=False,
+                          event_types=np.array([], dtype=object))
+    prof.update_log(log)
+    assert prof.features().row(1)["count:page_view:autos:1d"] == 1.0

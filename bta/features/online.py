@@ -96,7 +96,7 @@ class OnlineProfiles:
             raise ConfigError(f"spec must be a FeatureSpec, got {type(spec).__name__}")
         self.spec = spec
         self._lock = threading.RLock()
-        self._extra_events = tuple(event_types or ())
+        self._extra_events = () if event_types is None else tuple(event_types)
         self._user_ids: list[Any] = []
         self._user_slot: dict[Any, int] = {}
         self._cats: list[Any] = []
@@ -105,7 +105,7 @@ class OnlineProfiles:
         self._grow_categories = bool(grow_categories)
         if not self._grow_categories and categories is None:
             raise ConfigError("grow_categories=False needs the categories to fix the layout")
-        self._fixed_categories = tuple(categories or ())
+        self._fixed_categories = () if categories is None else tuple(categories)
         self._layout_cache: tuple[int, Any] | None = None
         for c in self._fixed_categories:
             self._add_category(c, fixed=True)

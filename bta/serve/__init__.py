@@ -1,0 +1,32 @@
+"""Serving: per ad request, the creative to show, targeted or untargeted, fast and never failing.
+
+- :class:`Engine` — campaigns, experiments, privacy gate, eligibility, scoring, choice with
+  propensities; ``decide`` / ``decide_batch`` / ``swap`` / ``warmup``.
+- :class:`Campaign`, :class:`Creative`, :class:`FrequencyCap` — what can be shown and how.
+- :class:`Experiment` and the policies :class:`Greedy`, :class:`EpsilonGreedy`,
+  :class:`Softmax`, :class:`Uniform`.
+- Profile stores: :class:`MemoryProfileStore` (in-process) and :class:`RedisProfileStore`
+  (a fleet; needs ``bta[redis]``).
+- :func:`decide_openrtb` for OpenRTB 2.6 bid requests; :class:`DecisionLog` writes the log the
+  evaluator reads. :class:`TreeScorer` and :class:`LinearScorer` are re-exported from
+  :mod:`bta.scoring`.
+"""
+
+from bta.scoring import LinearScorer, TreeScorer
+from bta.serve.campaigns import Campaign, Creative, FrequencyCap
+from bta.serve.engine import REASONS, Decision, Engine, Request
+from bta.serve.experiment import Experiment
+from bta.serve.log import DecisionLog, join_outcomes
+from bta.serve.openrtb import decide_openrtb, user_data
+from bta.serve.policy import EpsilonGreedy, Greedy, Softmax, Uniform
+from bta.serve.redis_store import RedisProfileStore
+from bta.serve.store import MemoryProfileStore, Profile, ProfileStore
+
+__all__ = [
+    "Engine", "Request", "Decision", "REASONS",
+    "Campaign", "Creative", "FrequencyCap", "Experiment",
+    "Greedy", "EpsilonGreedy", "Softmax", "Uniform",
+    "Profile", "ProfileStore", "MemoryProfileStore", "RedisProfileStore",
+    "decide_openrtb", "user_data", "DecisionLog", "join_outcomes",
+    "TreeScorer", "LinearScorer",
+]
