@@ -416,6 +416,21 @@ def build_csr(user_offsets, ts, event, category, value, ev_slot, ev_weight, cat_
     return indptr, indices, data, kept, counted_per_user.sum()
 
 
+def _renamed(func, name: str):
+    """A copy of ``func`` under another name. numba's on-disk cache is keyed by the function's
+    qualified name and source line, not by compile flags: compiling the same function twice
+    (threaded and serial) would let one variant load the other's cached machine code."""
+    import types
+
+    copy = types.FunctionType(func.__code__.replace(co_name=name, co_qualname=name)
+                              if hasattr(func.__code__, "co_qualname")
+                              else func.__code__.replace(co_name=name),
+                              func.__globals__, name, func.__defaults__, func.__closure__)
+    copy.__qualname__ = name
+    copy.__doc__ = func.__doc__
+    return copy
+
+
 #: The same kernel compiled without threads, for small logs: waking a thread pool costs more
 #: than the work below a few hundred thousand events (and stalls on oversubscribed machines).
-build_csr_serial = batch_jit(parallel=False)(build_csr.py_func)
+build_csr_serial = batch_jit(parallel=False)(_renamed(build_csr.py_func, "build_csr_serial"))
