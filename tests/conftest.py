@@ -1,4 +1,8 @@
-"""Shared fixtures: a loopback Redis server for the profile-store tests.
+"""Shared test configuration, and a loopback Redis server for the profile-store tests.
+
+Hypothesis: under ``CI=true`` the examples are derandomized (the same examples every run), so a
+CI verdict is reproducible; locally every run draws new examples and keeps failures in its
+database.
 
 ``redis_server`` yields a Redis URL on 127.0.0.1:
 
@@ -26,6 +30,11 @@ from typing import Iterator
 from urllib.parse import urlparse
 
 import pytest
+from hypothesis import settings
+
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI", "").lower() == "true":
+    settings.load_profile("ci")
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 #: How long a starting server may take to answer PING (a cold CI container can be slow).
