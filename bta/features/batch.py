@@ -17,7 +17,7 @@ from bta.features.spec import FeatureSpec
 
 __all__ = ["build_features", "event_slots", "PARALLEL_MIN_ROWS"]
 
-#: Logs smaller than this are built by the single-threaded kernel (see _kernels.build_csr_serial).
+#: Logs smaller than this are built by the single-threaded kernels (_kernels.*_csr_serial).
 PARALLEL_MIN_ROWS = 200_000
 
 
@@ -106,14 +106,28 @@ def build_features(log: EventLog, spec: FeatureSpec | None = None, as_of: Any = 
     layout = layout_for(spec, log.categories)
     ev_slot, weights = event_slots(spec, log.event_types)
     n_chunks = max(1, min(log.n_users, 64 * numba.get_num_threads()))
-    kernel = (_kernels.build_csr if log.n_rows >= PARALLEL_MIN_ROWS and numba.get_num_threads() > 1
-              else _kernels.build_csr_serial)
-    indptr, indices, data, kept, n_events = kernel(
-        log.user_offsets, log.ts, log.event, log.category, log.value, ev_slot, weights,
-        layout.cat_slot, np.int64(layout.n_cat), np.int64(layout.pv_slot), np.int64(as_of_ms),
-        spec.windows_ms, np.int64(spec.bucket_ms), spec.half_life_ms,
-        np.int64(spec.session_gap_ms), np.int64(spec.max_session_ms),
-        spec.ctr_prior[0], spec.ctr_prior[1], spec.user_features, np.int64(n_chunks))
+    threaded = log.n_rows >= PARALLEL_MIN_ROWS and numba.get_num_threads() > 1
+    size = _kernels.size_csr if threaded else _kernels.size_csr_serial
+    fill = _kernels.fill_csr if threaded else _kernels.fill_csr_serial
+    as_of_ = np.int64(as_of_ms)
+    row_len, counted = size(
+        log.user_offsets, log.ts, log.event, log.category, ev_slot, weights, layout.cat_slot,
+        np.int64(layout.n_cat), np.int64(layout.pv_slot), as_of_, spec.windows_ms,
+        np.int64(spec.bucket_ms), spec.user_features, np.int64(n_chunks))
+    kept = np.flatnonzero(counted > 0)
+    indptr = np.zeros(kept.shape[0] + 1, dtype=np.int64)
+    np.cumsum(row_len[kept], out=indptr[1:])
+    row_start = np.zeros(log.n_users, dtype=np.int64)
+    row_start[kept] = indptr[:-1]
+    indices = np.empty(int(indptr[-1]), dtype=np.int32)
+    data = np.empty(int(indptr[-1]), dtype=np.float64)
+    fill(log.user_offsets, log.ts, log.event, log.category, log.value, ev_slot, weights,
+         layout.cat_slot, np.int64(layout.n_cat), np.int64(layout.pv_slot), as_of_,
+         spec.windows_ms, np.int64(spec.bucket_ms), spec.half_life_ms,
+         np.int64(spec.session_gap_ms), np.int64(spec.max_session_ms), spec.ctr_prior[0],
+         spec.ctr_prior[1], spec.user_features, np.int64(n_chunks), counted, row_start,
+         indices, data)
+    n_events = int(counted.sum())
     if spec.dtype == "float32":
         data = data.astype(np.float32)
     X = sp.csr_matrix((data, indices, indptr), shape=(kept.shape[0], len(layout.feature_names)))
