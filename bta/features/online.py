@@ -36,10 +36,15 @@ class UpdateResult:
 
 
 def _grow(a: np.ndarray, n: int, fill: Any = 0) -> np.ndarray:
+    """``a`` with room for ``n`` rows (capacity doubles); new rows hold ``fill``, or are left
+    uninitialized with ``fill=None`` (cell rows: the update kernel initializes each new cell)."""
     if a.shape[0] >= n:
         return a
     cap = max(n, 2 * a.shape[0], 16)
-    out = np.full((cap,) + a.shape[1:], fill, dtype=a.dtype)
+    if fill is None:
+        out = np.empty((cap,) + a.shape[1:], dtype=a.dtype)
+    else:
+        out = np.full((cap,) + a.shape[1:], fill, dtype=a.dtype)
     out[: a.shape[0]] = a
     return out
 
@@ -227,11 +232,11 @@ class OnlineProfiles:
                 self._UI[old_u:, K.U_LAST_CONV] = K.NO_TIME
                 self._UF[old_u:] = 0.0
             need_c = self._n_cells + n
-            self._CI = _grow(self._CI, need_c)
-            self._CF = _grow(self._CF, need_c)
-            self._cell_ev = _grow(self._cell_ev, need_c)
-            self._cell_cat = _grow(self._cell_cat, need_c)
-            self._cell_next = _grow(self._cell_next, need_c, -1)
+            self._CI = _grow(self._CI, need_c, None)
+            self._CF = _grow(self._CF, need_c, None)
+            self._cell_ev = _grow(self._cell_ev, need_c, None)
+            self._cell_cat = _grow(self._cell_cat, need_c, None)
+            self._cell_next = _grow(self._cell_next, need_c, None)
             spec = self.spec
             i = 0
             applied = excluded = 0
