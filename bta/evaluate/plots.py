@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from bta._plot import new_figure
+
 if TYPE_CHECKING:  # pragma: no cover
     from bta.evaluate.ab import ABReport
 
@@ -20,11 +22,7 @@ __all__ = ["plot_arms", "plot_cumulative_lift"]
 
 
 def _figure(ncols: int, width: float = 5.0, height: float = 3.6) -> Any:
-    try:
-        from matplotlib.figure import Figure
-    except ImportError as exc:  # the optional extra is missing
-        raise ImportError("plotting needs matplotlib: pip install 'bta[plot]'") from exc
-    fig = Figure(figsize=(width * ncols, height), layout="constrained")
+    fig = new_figure(width * ncols, height)
     return fig, fig.subplots(1, ncols, squeeze=False)[0]
 
 

@@ -280,12 +280,9 @@ def plot_uplift(curves: UpliftCurve | Mapping[str, UpliftCurve], path: str | Pat
     kinds = sorted({c.kind for c in named.values()})
     if len(kinds) > 1:
         raise ConfigError(f"curves must all be of one kind, got {kinds}")
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise ImportError("plot_uplift needs matplotlib: pip install 'bta[plot]'") from None
-    # A Figure without pyplot: no global figure registry, no GUI backend, safe in servers.
-    fig = Figure(figsize=(6.0, 4.5), layout="constrained")
+    from bta._plot import new_figure
+
+    fig = new_figure(6.0, 4.5, "plot_uplift")
     ax = fig.add_subplot()
     for label, c in named.items():
         (line,) = ax.plot(c.fraction, c.value, label=f"{label} (area {c.area:.4g})")

@@ -452,6 +452,14 @@ def _relocate_empty(X: sp.csr_matrix, labels: np.ndarray, dist: np.ndarray, sums
 
 
 # ---- the estimator -----------------------------------------------------------------------------
+def check_affinity_params(event: Any, stat: Any, idf: Any) -> None:
+    """Check the geometry parameters shared by :class:`InterestClusters` and ``Lookalike``."""
+    check_param("event", event, isinstance(event, str) and event != "", "a non-empty event name")
+    check_param("stat", stat, isinstance(stat, str) and bool(_STAT.match(stat)),
+                "'decay' or 'count:<window>' (e.g. 'count:7d')")
+    check_param("idf", idf, isinstance(idf, (bool, np.bool_)), "True or False")
+
+
 class InterestClusters:
     """Interest segments by spherical k-means over users' TF-IDF category affinity.
 
@@ -524,11 +532,7 @@ class InterestClusters:
 
         check_param("n_clusters", self.n_clusters, is_int(self.n_clusters) and self.n_clusters >= 1,
                     "an integer >= 1")
-        check_param("event", self.event, isinstance(self.event, str) and self.event != "",
-                    "a non-empty event name")
-        check_param("stat", self.stat, isinstance(self.stat, str) and bool(_STAT.match(self.stat)),
-                    "'decay' or 'count:<window>' (e.g. 'count:7d')")
-        check_param("idf", self.idf, isinstance(self.idf, (bool, np.bool_)), "True or False")
+        check_affinity_params(self.event, self.stat, self.idf)
         check_param("max_iter", self.max_iter, is_int(self.max_iter) and self.max_iter >= 1,
                     "an integer >= 1")
         check_param("tol", self.tol, isinstance(self.tol, (int, float)) and not

@@ -19,7 +19,7 @@ from bta.errors import ConfigError, NotFittedError, UnknownNameError, check_para
 from bta.features.matrix import FeatureMatrix
 from bta.segment import _kernels
 from bta.segment.book import Segment
-from bta.segment.clusters import _STAT, Affinity, interest_affinity
+from bta.segment.clusters import Affinity, check_affinity_params, interest_affinity
 
 __all__ = ["Lookalike", "LookalikeReport", "LookalikeEvaluation"]
 
@@ -169,11 +169,7 @@ class Lookalike:
                     "'centroid' or 'knn'")
         check_param("k", self.k, isinstance(self.k, (int, np.integer))
                     and not isinstance(self.k, bool) and self.k >= 1, "an integer >= 1")
-        check_param("event", self.event, isinstance(self.event, str) and self.event != "",
-                    "a non-empty event name")
-        check_param("stat", self.stat, isinstance(self.stat, str) and bool(_STAT.match(self.stat)),
-                    "'decay' or 'count:<window>' (e.g. 'count:7d')")
-        check_param("idf", self.idf, isinstance(self.idf, (bool, np.bool_)), "True or False")
+        check_affinity_params(self.event, self.stat, self.idf)
         check_param("on_unknown", self.on_unknown, self.on_unknown in ("raise", "ignore"),
                     "'raise' or 'ignore'")
 

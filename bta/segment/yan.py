@@ -399,14 +399,11 @@ def plot_yan(table: pd.DataFrame, path: str | Path, *, max_ads: int = 30) -> Pat
     check_param("max_ads", max_ads, isinstance(max_ads, (int, np.integer)) and max_ads >= 1,
                 "an integer >= 1")
     per_ad = yan_best(table)
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise ImportError("plot_yan needs matplotlib: pip install 'bta[plot]'") from None
+    from bta._plot import new_figure
+
     shown = per_ad.nlargest(int(max_ads), "ad_impressions", keep="first")
     x = np.arange(len(shown))
-    # A Figure without pyplot: no global figure registry, no GUI backend, safe in servers.
-    fig = Figure(figsize=(max(6.0, 0.45 * len(shown) + 2.0), 4.5), layout="constrained")
+    fig = new_figure(max(6.0, 0.45 * len(shown) + 2.0), 4.5, "plot_yan")
     ax = fig.add_subplot()
     ax.bar(x - 0.2, shown["ad_ctr"].to_numpy(dtype=float), 0.4, label="all users")
     ax.bar(x + 0.2, shown["ctr"].to_numpy(dtype=float), 0.4, label="best segment (F-measure)")
