@@ -442,3 +442,59 @@ def test_means_match_statsmodels(mde, sd, ratio, alt):
 def test_power_bad_input(call, msg):
     with pytest.raises(ConfigError, match="^" + re.escape(msg) + "$"):
         call()
+
+
+# ----------------------------------------------------------------------------- Fieller
+
+
+def _fieller_bruteforce(rc, rt, vc, vt, crit):
+    """The ratios r with (rt - r rc)^2 <= crit^2 (vt + r^2 vc), found by root bracketing."""
+    from scipy.optimize import brentq
+
+    f = lambda r: (rt - r * rc) ** 2 - crit**2 * (vt + r * r * vc)  # noqa: E731
+    centre = rt / rc
+    assert f(centre) <= 0
+    lo = brentq(f, centre - 1e6, centre)
+    hi = brentq(f, centre, centre + 1e6)
+    return lo, hi
+
+
+@settings(max_examples=200, deadline=None)
+@given(rc=st.floats(0.5, 10), rt=st.floats(0.0, 10), vc=st.floats(1e-4, 0.05),
+       vt=st.floats(1e-4, 2.0), crit=st.floats(1.0, 3.0))
+def test_fieller_matches_root_finding(rc, rt, vc, vt, crit):
+    from bta.evaluate.stats import fieller
+
+    lo, hi = fieller(rc, rt, vc, vt, crit)
+    blo, bhi = _fieller_bruteforce(rc, rt, vc, vt, crit)
+    assert float(lo) == pytest.approx(blo, rel=1e-7, abs=1e-9)
+    assert float(hi) == pytest.approx(bhi, rel=1e-7, abs=1e-9)
+
+
+def test_fieller_unbounded_when_control_is_noise():
+    from bta.evaluate.stats import fieller
+
+    lo, hi = fieller(0.1, 1.0, 0.01, 0.01, 1.96)  # rc / se(rc) = 1 < 1.96
+    assert lo == -np.inf and hi == np.inf
+
+
+@settings(max_examples=100, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), effect=st.floats(0.0, 0.6), heavy=st.booleans())
+def test_relative_interval_agrees_with_the_test(seed, effect, heavy):
+    # the relative interval excludes 0 exactly when the test rejects at the same level
+    # (z-tested ratio metrics and mean metrics use the same critical value for both)
+    rng = np.random.default_rng(seed)
+    n = 60
+    xc, xt = units(rng, n), units(rng, n)
+    if heavy:  # one huge order in control: the case where the delta interval misleads
+        xc[0, 6] += 1e4
+    xt[:, 6] *= 1.0 + effect
+    ac, at = ArmStats.from_units(xc, BASE_METRICS), ArmStats.from_units(xt, BASE_METRICS)
+    for metric in ("roas", "revenue_per_user"):
+        r = compare(ac, at, metric, alpha=0.05)
+        if r["status"] != "ok" or not np.isfinite(r["rel_ci_low"]):
+            continue
+        excludes = (r["rel_ci_low"] > 0) or (r["rel_ci_high"] < 0)
+        # the boundary itself is measure zero; compare away from it
+        if abs(float(r["p_value"]) - 0.05) > 1e-6:
+            assert bool(excludes) == bool(r["p_value"] < 0.05), (metric, r)

@@ -89,9 +89,11 @@ def plot_cumulative_lift(report: ABReport, path: str | os.PathLike) -> Path:
             t = g["date"].to_numpy()
             ax.plot(t, 100 * g["rel_lift"].to_numpy(dtype=float), color=f"C{i}",
                     label=str(arm), marker="o", markersize=3)
-            ax.fill_between(t, 100 * g["rel_ci_low"].to_numpy(dtype=float),
-                            100 * g["rel_ci_high"].to_numpy(dtype=float), color=f"C{i}",
-                            alpha=0.2)
+            # an unbounded (Fieller) interval of an early day is left out, not drawn to inf
+            lo, hi = (100 * g[k].to_numpy(dtype=float) for k in ("rel_ci_low", "rel_ci_high"))
+            finite = np.isfinite(lo) & np.isfinite(hi)
+            ax.fill_between(t, np.where(finite, lo, np.nan), np.where(finite, hi, np.nan),
+                            color=f"C{i}", alpha=0.2)
         ax.axhline(0.0, color="black", linewidth=0.8)
         ax.set_title(f"{metric}: cumulative lift vs {report.control}")
         ax.set_ylabel("relative lift, %")

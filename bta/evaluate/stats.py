@@ -38,6 +38,7 @@ __all__ = [
     "merge",
     "compare",
     "intervals",
+    "fieller",
     "estimate",
     "adjust_pvalues",
     "msprt_rho",
@@ -434,7 +435,8 @@ def compare(control: ArmStats | Moments, treatment: ArmStats | Moments, metric: 
         ``control``, ``treatment`` (values, CUPED-adjusted if covariates), ``abs_lift``,
         ``abs_se``, ``abs_ci_low``, ``abs_ci_high``, ``rel_lift``, ``rel_se``,
         ``rel_ci_low``, ``rel_ci_high``, ``statistic``, ``df``, ``p_value``, ``n_control``,
-        ``n_treatment``, ``theta`` (CUPED coefficients, shape (..., C)), ``test`` (str) and
+        ``n_treatment``, ``var_control``, ``var_treatment`` (the variances of the two values),
+        ``theta`` (CUPED coefficients, shape (..., C)), ``test`` (str) and
         ``status`` (see :data:`STATUSES`).
 
     Notes
@@ -444,7 +446,9 @@ def compare(control: ArmStats | Moments, treatment: ArmStats | Moments, metric: 
 
     - absolute lift ``D = R_t - R_c``, ``Var(D) = v_t + v_c``;
     - relative lift ``L = R_t / R_c - 1``, ``Var(L) = v_t / R_c^2 + R_t^2 v_c / R_c^4``
-      (delta method on the ratio of the two means, as in GrowthBook);
+      (delta method on the ratio of the two means, as in GrowthBook), reported as ``rel_se``;
+      the relative interval is Fieller's (see :func:`fieller`), computed with the test's
+      critical value, so it excludes 0 exactly when the absolute lift is significant;
     - ``"mean"`` metrics: Welch t-test, Welch-Satterthwaite degrees of freedom
       ``(v_t + v_c)^2 / (v_t^2/(n_t-1) + v_c^2/(n_c-1))``, t quantiles for both intervals;
     - ``"proportion"`` metrics: pooled two-proportion z-test (as ``statsmodels``'
@@ -461,7 +465,7 @@ def compare(control: ArmStats | Moments, treatment: ArmStats | Moments, metric: 
     n_t + n_c`` and ``z = D / sqrt(Var(D))``, the always-valid p-value is
     ``min(1, sqrt(1 + N rho^2) exp(-z^2/2 * N rho^2 / (1 + N rho^2)))`` and the confidence
     sequence is ``D +- sqrt(Var(D)) sqrt(2 (1 + N rho^2) / (N rho^2) ln(sqrt(1 + N rho^2) /
-    alpha))``; the relative lift's sequence uses ``Var(L)`` alike.
+    alpha))``; the relative lift's sequence is Fieller's set with that multiplier.
     """
     m = _metric(metric)
     mc = control.moments() if isinstance(control, ArmStats) else control
@@ -537,7 +541,8 @@ def compare(control: ArmStats | Moments, treatment: ArmStats | Moments, metric: 
             df = np.full(shape, np.nan)
             p = 2.0 * _sps.norm.sf(np.abs(stat))
     out = {"control": rc, "treatment": rt, "abs_lift": d, "abs_se": np.sqrt(var_d),
-           "rel_lift": rel, "rel_se": np.sqrt(var_rel), "statistic": stat, "df": df,
+           "rel_lift": rel, "rel_se": np.sqrt(var_rel), "var_control": vc,
+           "var_treatment": vt, "statistic": stat, "df": df,
            "p_value": p, "n_control": nc, "n_treatment": nt, "theta": theta}
     out = {k: np.broadcast_to(np.asarray(v, dtype=np.float64), shape if k != "theta"
                               else shape + (len(cols),)).copy() for k, v in out.items()}
@@ -573,7 +578,8 @@ def _blank(out: dict[str, np.ndarray], status: np.ndarray) -> None:
 
 
 def _undefined(shape: tuple, status: str, m: Metric, n_cov: int) -> dict[str, np.ndarray]:
-    keys = ("control", "treatment", "abs_lift", "abs_se", "rel_lift", "rel_se", "statistic",
+    keys = ("control", "treatment", "abs_lift", "abs_se", "rel_lift", "rel_se", "var_control",
+            "var_treatment", "statistic",
             "df", "p_value", "n_control", "n_treatment", "abs_ci_low", "abs_ci_high",
             "rel_ci_low", "rel_ci_high")
     out = {k: np.full(shape, np.nan) for k in keys}
@@ -601,11 +607,47 @@ def intervals(result: dict[str, np.ndarray], alpha: Any,
             welch = result["test"] == "welch_t"
             crit = np.where(welch, _sps.t.isf(alpha / 2.0, result["df"]),
                             _sps.norm.isf(alpha / 2.0))
-        for kind in ("abs", "rel"):
-            est, se = result[f"{kind}_lift"], result[f"{kind}_se"]
-            result[f"{kind}_ci_low"] = est - crit * se
-            result[f"{kind}_ci_high"] = est + crit * se
+        est, se = result["abs_lift"], result["abs_se"]
+        result["abs_ci_low"] = est - crit * se
+        result["abs_ci_high"] = est + crit * se
+        lo, hi = fieller(result["control"], result["treatment"], result["var_control"],
+                         result["var_treatment"], crit)
+        undefined = ~np.isfinite(result["rel_se"])
+        result["rel_ci_low"] = np.where(undefined, np.nan, lo - 1.0)
+        result["rel_ci_high"] = np.where(undefined, np.nan, hi - 1.0)
     return result
+
+
+def fieller(rc: Any, rt: Any, vc: Any, vt: Any, crit: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Fieller confidence set for the ratio ``rt / rc`` of two independent estimates.
+
+    The set is ``{r : (rt - r rc)^2 <= crit^2 (vt + r^2 vc)}``: the ratios ``r`` that a test of
+    ``rt = r rc`` with the same critical value does not reject. At ``r = 1`` that test is the
+    test of the absolute difference, so the interval excludes 1 exactly when the difference is
+    significant (unlike the delta-method interval ``rel +- crit se``, which can disagree with
+    the test when the control is noisy). When the control itself is not distinguishable from 0
+    (``rc^2 <= crit^2 vc``) the set is unbounded: ``(-inf, inf)``.
+
+    Returns
+    -------
+    (low, high) : ndarrays of ratios (subtract 1 for a relative lift)
+    """
+    rc, rt, vc, vt, crit = np.broadcast_arrays(*(np.asarray(x, dtype=np.float64)
+                                                 for x in (rc, rt, vc, vt, crit)))
+    with np.errstate(all="ignore"):
+        c2 = crit * crit
+        a = rc * rc - c2 * vc
+        b = rt * rc
+        disc = b * b - a * (rt * rt - c2 * vt)
+        root = np.sqrt(np.maximum(disc, 0.0))
+        bounded = a > 0
+        low = np.where(bounded, (b - root) / a, -np.inf)
+        high = np.where(bounded, (b + root) / a, np.inf)
+    nan = ~(np.isfinite(rc) & np.isfinite(rt) & np.isfinite(vc) & np.isfinite(vt)
+            & np.isfinite(crit))
+    low[nan] = np.nan
+    high[nan] = np.nan
+    return low, high
 
 
 # ----------------------------------------------------------------------------- families, SRM
