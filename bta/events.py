@@ -28,6 +28,16 @@ Columns (bta name: what it may hold):
 - ``category`` (optional): strings or integers, null allowed (code -1).
 - ``value`` (optional): numbers, null allowed (0.0).
 - ``session_id`` (optional): any hashable ids, kept as given.
+
+Privacy (see :mod:`bta.privacy`): before any check, each row is screened by the
+``privacy`` policy (by default ``PrivacyPolicy()``, whose sensitive deny list always
+applies): rows of opted-out users, of known minors, and in sensitive categories without
+the user's opt-in are *removed*, not quarantined, so that the data the policy keeps out is
+not kept anywhere; they are counted by reason in ``removed``. With ``pseudonymize_key``
+user ids are replaced by their keyed hash (:func:`bta.privacy.pseudonymize`) before
+anything else sees them, the quarantine included. Retention (:meth:`EventLog.retain`) and
+erasure (:meth:`EventLog.erase`) return new logs and count what they removed the same way:
+``n_input_rows == n_rows + len(quarantine) + sum(removed.values())`` always holds.
 """
 
 from __future__ import annotations
@@ -47,12 +57,14 @@ import pandas as pd
 from bta import _event_kernels as _k
 from bta._jit import num_threads
 from bta.errors import ConfigError, SchemaError, UnknownNameError, check_param
+from bta.privacy import SCREEN_REASONS, PrivacyPolicy, pseudonymize
 
 __all__ = [
     "STANDARD_EVENTS",
     "COLUMNS",
     "REASONS",
     "DEFAULT_TIME_RANGE",
+    "REMOVAL_REASONS",
     "BotRule",
     "EventLog",
     "Sessions",
@@ -70,6 +82,9 @@ _REQUIRED = ("user_id", "ts", "event")
 #: Quarantine reason codes, in the order they are checked.
 REASONS = ("missing_user", "bad_time", "time_out_of_range", "unknown_event", "bad_value",
            "duplicate")
+#: Why accepted rows left a log (``EventLog.removed``): privacy screening at ingestion,
+#: retention and erasure.
+REMOVAL_REASONS = SCREEN_REASONS[1:] + ("expired", "erased")
 #: Accepted times by default: ``2000-01-01 <= ts < 2100-01-01`` UTC.
 DEFAULT_TIME_RANGE = ("2000-01-01", "2100-01-01")
 
@@ -283,12 +298,15 @@ class _Options:
     ts_unit: Literal["auto", "s", "ms"] = "auto"
     time_range: tuple[int | None, int | None] = (None, None)
     flag_bots: BotRule = BotRule()
+    privacy: PrivacyPolicy = dataclasses.field(default_factory=PrivacyPolicy)
+    pseudonymize_key: bytes | None = None
 
     @classmethod
     def make(cls, event_types: Sequence[str] | None = None, strict_events: bool = True,
              errors: str = "raise", ts_unit: str = "auto",
              time_range: tuple[Any, Any] | None = DEFAULT_TIME_RANGE,
-             flag_bots: BotRule | None = BotRule()) -> _Options:
+             flag_bots: BotRule | None = BotRule(), privacy: PrivacyPolicy | None = None,
+             pseudonymize_key: bytes | None = None) -> _Options:
         if event_types is None:
             extras: tuple[str, ...] = ()
         else:
@@ -315,7 +333,13 @@ class _Options:
                         None in bounds or bounds[0] < bounds[1], "a (start, end) with start < end")
         if flag_bots is None:
             flag_bots = BotRule(enabled=False)
-        return cls(extras, strict_events, errors, ts_unit, bounds, flag_bots)  # type: ignore
+        if privacy is None:
+            privacy = PrivacyPolicy()  # fresh: its empty registries are nobody's to fill
+        if pseudonymize_key is not None:
+            pseudonymize([], pseudonymize_key)  # the one place the key's rules are checked
+            pseudonymize_key = bytes(pseudonymize_key)
+        return cls(extras, strict_events, errors, ts_unit, bounds, flag_bots,  # type: ignore
+                   privacy, pseudonymize_key)
 
     def __post_init__(self) -> None:
         check_param("strict_events", self.strict_events, isinstance(self.strict_events, bool),
@@ -326,6 +350,8 @@ class _Options:
                     "one of 'auto', 's', 'ms'")
         check_param("flag_bots", self.flag_bots, isinstance(self.flag_bots, BotRule),
                     "a BotRule or None")
+        check_param("privacy", self.privacy, isinstance(self.privacy, PrivacyPolicy),
+                    "a PrivacyPolicy or None")
 
 
 # ---------------------------------------------------------------- column normalization
@@ -750,23 +776,76 @@ def _first_reasons(masks: Sequence[np.ndarray | None], n: int) -> np.ndarray | N
 
 
 def _quarantine_frame(reason: np.ndarray | None, cols: dict[str, Any],
-                      take: Callable[[np.ndarray], pd.DataFrame] | None) -> pd.DataFrame:
+                      take: Callable[[np.ndarray], pd.DataFrame] | None,
+                      user_column: Hashable = "user_id", key: bytes | None = None
+                      ) -> pd.DataFrame:
     """Rejected input rows (original columns) with ``row`` and ``reason`` added.
 
     Input columns already named ``row``/``reason`` are kept as ``row_input``/
-    ``reason_input``.
+    ``reason_input``. With ``key`` the user column holds pseudonyms, like the log.
     """
     bad_rows = np.flatnonzero(reason) if reason is not None else np.empty(0, np.int64)
     if take is None:
         q = pd.DataFrame({c: _take(x, bad_rows) for c, x in cols.items()})
     else:
         q = take(bad_rows).reset_index(drop=True)
+    if key is not None and user_column in q.columns:
+        q[user_column] = pseudonymize(q[user_column].to_numpy(dtype=object), key)
     q = q.rename(columns={c: f"{c}_input" for c in ("row", "reason") if c in q.columns})
     q["row"] = bad_rows
     q["reason"] = pd.Categorical.from_codes(
         (reason[bad_rows] - 1) if reason is not None else np.empty(0, np.int8),
         categories=list(REASONS))
     return q
+
+
+def _pseudonymize_ids(vals: np.ndarray, uniques: np.ndarray | None,
+                      missing: np.ndarray | None, key: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """User ids as :func:`_read_ids` returns them, replaced by their pseudonyms.
+
+    Returns codes (int32, -1 where missing) into an object array of distinct pseudonyms; each
+    distinct id is hashed once.
+    """
+    if uniques is None:
+        codes, uniques = pd.factorize(vals)
+    else:
+        codes = vals
+    codes = np.array(codes, dtype=np.int32)
+    if missing is not None:
+        codes[missing] = -1
+    # ids equal as text (7 and "7") get one pseudonym, so factorize the hashes again
+    pcodes, puniq = pd.factorize(pseudonymize(np.asarray(uniques, dtype=object), key))
+    lut = np.append(pcodes.astype(np.int32), np.int32(-1))  # code -1 picks the last slot
+    return lut[codes], np.asarray(puniq, dtype=object)
+
+
+def _screen(policy: PrivacyPolicy, uid: tuple, cat: tuple | None, n: int) -> np.ndarray:
+    """:meth:`PrivacyPolicy.screen_events` codes of the input rows, from the read columns.
+
+    ``uid`` and ``cat`` are ``(values, uniques, missing)`` as :func:`_read_ids` returns them.
+    """
+    if cat is None:
+        cat_codes, cat_uniques = np.full(n, -1, np.int32), np.empty(0, dtype=object)
+    else:
+        vals, uniques, missing = cat
+        if uniques is None and not any(c.lstrip("-").isdigit()
+                                       for c in policy.sensitive_categories):
+            # integer categories cannot name a sensitive category: skip hashing the column
+            cat_codes, cat_uniques = np.full(n, -1, np.int32), np.empty(0, dtype=object)
+        else:
+            cat_codes, cat_uniques = (pd.factorize(vals) if uniques is None
+                                      else (vals, uniques))
+            if missing is not None:
+                cat_codes = np.where(missing, -1, cat_codes)
+
+    def users() -> tuple[np.ndarray, np.ndarray]:
+        vals, uniques, missing = uid
+        codes, uniques = pd.factorize(vals) if uniques is None else (vals, uniques)
+        if missing is not None:
+            codes = np.where(missing, -1, codes)
+        return codes, uniques
+
+    return policy._screen_codes(np.asarray(cat_codes), cat_uniques, users)
 
 
 def _ingest(raw: dict[str, Any], sources: dict[str, Hashable], n: int | None,
@@ -781,6 +860,9 @@ def _ingest(raw: dict[str, Any], sources: dict[str, Hashable], n: int | None,
 
     uid_vals, uid_uniques, uid_missing = _read_ids(cols["user_id"], "user_id",
                                                    where["user_id"], small=False)
+    if opts.pseudonymize_key is not None:
+        uid_vals, uid_uniques = _pseudonymize_ids(uid_vals, uid_uniques, uid_missing,
+                                                  opts.pseudonymize_key)
     ts_ms, ts_bad, ts_big = _read_times(cols["ts"], where["ts"], opts.ts_unit)
     ev_raw, ev_names = _read_events(cols["event"], where["event"])
     if "category" in cols:
@@ -804,7 +886,21 @@ def _ingest(raw: dict[str, Any], sources: dict[str, Hashable], n: int | None,
         with np.errstate(invalid="ignore"):
             bad_value = (value < 0) | np.isinf(value)
     reason = _first_reasons((uid_missing, ts_bad, out_of_range, event < 0, bad_value), n)
-    del out_of_range, bad_value, uid_missing, ts_bad, ts_big
+    # privacy screening comes first: a screened row is removed, never quarantined with its data
+    screen = _screen(opts.privacy, (uid_vals, uid_uniques, uid_missing),
+                     (cat_vals, cat_uniques, cat_missing) if "category" in cols else None, n)
+    screened = screen > 0
+    removed = dict.fromkeys(REMOVAL_REASONS, 0)
+    if screened.any():
+        for code, k in enumerate(np.bincount(screen, minlength=len(SCREEN_REASONS))):
+            if code:
+                removed[SCREEN_REASONS[code]] = int(k)
+        if reason is not None:
+            reason[screened] = 0
+            reason = reason if reason.any() else None
+    else:
+        screened = None
+    del screen, out_of_range, bad_value, uid_missing, ts_bad, ts_big
     texts = dict(_REASON_TEXT)
     texts["time_out_of_range"] = texts["time_out_of_range"].format(
         range=f"[{_fmt_ms(lo)}, {_fmt_ms(hi) if hi is not None else '+inf'})")
@@ -813,7 +909,11 @@ def _ingest(raw: dict[str, Any], sources: dict[str, Hashable], n: int | None,
                                    "event_types= or pass strict_events=False")
     if reason is not None and opts.errors == "raise":
         raise _row_error(reason, where, texts)
-    valid = (reason == 0) if reason is not None else np.empty(0, bool)  # empty: all valid
+    if screened is None:
+        valid = (reason == 0) if reason is not None else np.empty(0, bool)  # empty: all valid
+    else:
+        valid = ~screened if reason is None else (~screened & (reason == 0))
+    del screened
 
     with num_threads(_threads(n)):
         # encode users and categories over the valid rows only
@@ -821,7 +921,7 @@ def _ingest(raw: dict[str, Any], sources: dict[str, Hashable], n: int | None,
         del uid_vals, uid_uniques
         if "category" in cols:
             cat_valid = valid if cat_missing is None else (
-                ~cat_missing if reason is None else (valid & ~cat_missing))
+                ~cat_missing if valid.size == 0 else (valid & ~cat_missing))
             cat_codes, categories = _encode(cat_vals, cat_uniques, cat_valid)
             del cat_vals, cat_uniques, cat_valid
         else:
@@ -878,14 +978,17 @@ def _ingest(raw: dict[str, Any], sources: dict[str, Hashable], n: int | None,
             session_s = np.asarray(_take(session, rows))
         del rows
 
-        q = _quarantine_frame(reason, cols, take)
+        user_column = sources["user_id"] if take is not None else "user_id"
+        q = _quarantine_frame(reason, cols, take, user_column, opts.pseudonymize_key)
+        user_column = f"{user_column}_input" if user_column in ("row", "reason") else user_column
         if len(q):
             logger.info("quarantined %d of %d input rows: %s", len(q), n,
                         q["reason"].value_counts().loc[lambda c: c > 0].to_dict())
         log = EventLog._from_parts(user=user_s, ts=ts_sorted, event=ev_s, category=cat_s,
                                    value=val_s, user_offsets=offsets, users=users,
                                    categories=categories, event_types=event_types,
-                                   quarantine=q, n_input_rows=n, session_id=session_s)
+                                   quarantine=q, n_input_rows=n, session_id=session_s,
+                                   removed=removed, user_column=user_column)
         log._set_flags(opts.flag_bots)
         return log
 
@@ -983,7 +1086,17 @@ _OPTIONS_DOC = """
         Accepted times, ``start <= ts < end`` (UTC; either end may be None; None for
         both disables the check).
     flag_bots : BotRule or None, default BotRule()
-        Bot and anomaly flagging; None flags nobody."""
+        Bot and anomaly flagging; None flags nobody.
+    privacy : PrivacyPolicy, optional
+        Screens every row before any check (:meth:`PrivacyPolicy.screen_events`): rows of
+        opted-out users and known minors, and rows in sensitive categories without the
+        user's opt-in, are removed and counted in ``removed``. None means ``PrivacyPolicy()``:
+        the default sensitive deny list always applies (privacy is a gate, not an option);
+        to keep sensitive categories, say so with a policy that allows them.
+    pseudonymize_key : bytes, optional
+        When given, user ids are replaced by :func:`bta.privacy.pseudonymize` of them (in the
+        log, its vocabulary and its quarantine) before screening, so the policy's registries
+        must hold pseudonyms too."""
 
 
 class EventLog:
@@ -1018,7 +1131,11 @@ class EventLog:
         Rejected input rows (original columns), ``row`` (0-based input position) and
         ``reason`` (categorical over :data:`REASONS`).
     n_input_rows : int
-        Always ``n_rows + len(quarantine)``.
+        Always ``n_rows + len(quarantine) + sum(removed.values())``.
+    removed : dict of str to int
+        Rows removed, by reason (:data:`REMOVAL_REASONS`): privacy screening at ingestion
+        (``opt_out``, ``under_age``, ``sensitive``), :meth:`retain` / :meth:`drop_before`
+        (``expired``) and :meth:`erase` (``erased``). Removed rows are not kept anywhere.
     session_id : ndarray of shape (n_rows,) or None
         The input's session ids, when given.
     bot_rule : BotRule
@@ -1064,6 +1181,8 @@ class EventLog:
     @classmethod
     def _from_parts(cls, **parts: Any) -> EventLog:
         log = object.__new__(cls)
+        parts.setdefault("removed", dict.fromkeys(REMOVAL_REASONS, 0))
+        parts.setdefault("user_column", "user_id")
         log.__dict__.update(parts)
         log.flagged = np.zeros(len(parts["users"]), bool)
         log._bot = None
@@ -1084,7 +1203,8 @@ class EventLog:
                     event_types: Sequence[str] | None = None, strict_events: bool = True,
                     errors: str = "raise", ts_unit: str = "auto",
                     time_range: tuple[Any, Any] | None = DEFAULT_TIME_RANGE,
-                    flag_bots: BotRule | None = BotRule()) -> EventLog:
+                    flag_bots: BotRule | None = BotRule(), privacy: PrivacyPolicy | None = None,
+                    pseudonymize_key: bytes | None = None) -> EventLog:
         """Events from a pandas DataFrame.
 
         Parameters
@@ -1109,7 +1229,7 @@ class EventLog:
             An option is invalid.
         """
         opts = _Options.make(event_types, strict_events, errors, ts_unit, time_range,
-                             flag_bots)
+                             flag_bots, privacy, pseudonymize_key)
         if not isinstance(df, pd.DataFrame):
             raise SchemaError(f"df must be a pandas DataFrame, got {type(df).__name__}")
         sources = _resolve(columns, list(df.columns))
@@ -1174,7 +1294,8 @@ class EventLog:
                     event_types: Sequence[str] | None = None, strict_events: bool = True,
                     errors: str = "raise", ts_unit: str = "auto",
                     time_range: tuple[Any, Any] | None = DEFAULT_TIME_RANGE,
-                    flag_bots: BotRule | None = BotRule()) -> EventLog:
+                    flag_bots: BotRule | None = BotRule(), privacy: PrivacyPolicy | None = None,
+                    pseudonymize_key: bytes | None = None) -> EventLog:
         """Events from 1-D arrays of equal length (NumPy, pandas, Arrow or lists).
 
         This is the fast path: integer ids in a modest range are encoded by direct
@@ -1198,7 +1319,7 @@ class EventLog:
             As :meth:`from_pandas`.
         """
         opts = _Options.make(event_types, strict_events, errors, ts_unit, time_range,
-                             flag_bots)
+                             flag_bots, privacy, pseudonymize_key)
         given = {"user_id": user_id, "ts": ts, "event": event, "category": category,
                  "value": value, "session_id": session_id}
         raw = {c: x for c, x in given.items() if x is not None}
@@ -1322,16 +1443,19 @@ class EventLog:
         return pd.DataFrame(data)
 
     def summary(self) -> dict[str, Any]:
-        """Counts for a report: rows in / accepted / quarantined (by reason), users,
+        """Counts for a report: rows in / accepted / quarantined / removed (by reason), users,
         flagged users, categories, time span and events by type."""
         by_reason = self.quarantine["reason"].value_counts().reindex(list(REASONS),
                                                                      fill_value=0)
+        removed = dict(self.removed)
         counts = np.bincount(self.event, minlength=len(self.event_types))
         return {
             "rows_in": self.n_input_rows,
             "rows_accepted": self.n_rows,
             "rows_quarantined": len(self.quarantine),
             "quarantined_by_reason": {r: int(k) for r, k in by_reason.items()},
+            "rows_removed": sum(removed.values()),
+            "removed_by_reason": removed,
             "n_users": self.n_users,
             "n_flagged": int(self.flagged.sum()),
             "n_categories": len(self.categories),
@@ -1356,8 +1480,8 @@ class EventLog:
             ``users`` is the kept subset (still sorted); ``categories`` and
             ``event_types`` are unchanged so category and event codes stay comparable.
             ``flagged`` and ``flag_report`` keep the flags computed on the full log.
-            ``quarantine`` is the full log's, and ``n_input_rows`` counts the kept rows
-            plus that quarantine.
+            ``quarantine`` and ``removed`` are the full log's, and ``n_input_rows`` counts
+            the kept rows plus those.
         """
         sel = np.asarray(users)
         if sel.size == 0 and sel.dtype != bool:
@@ -1382,13 +1506,109 @@ class EventLog:
             user=new_code[self.user[rows]], ts=self.ts[rows], event=self.event[rows],
             category=self.category[rows], value=self.value[rows], user_offsets=offsets,
             users=self.users[keep], categories=self.categories, event_types=self.event_types,
-            quarantine=self.quarantine, n_input_rows=int(offsets[-1]) + len(self.quarantine),
-            session_id=None if self.session_id is None else self.session_id[rows])
+            quarantine=self.quarantine,
+            n_input_rows=int(offsets[-1]) + len(self.quarantine) + sum(self.removed.values()),
+            session_id=None if self.session_id is None else self.session_id[rows],
+            removed=dict(self.removed), user_column=self.user_column)
         log.bot_rule = self.bot_rule
         log.flagged = self.flagged[keep]
         if self._bot is not None:
             log._bot = {k: v[keep] for k, v in self._bot.items()}
         return log
+
+    def _without_rows(self, keep: np.ndarray, reason: str,
+                      keep_quarantine: np.ndarray | None = None) -> EventLog:
+        """A new log of the rows where ``keep``; the others are counted as ``reason``.
+
+        Users left without rows leave the vocabulary (codes re-made densely, order kept);
+        categories and event types stay, so their codes remain comparable.
+        """
+        per_user = np.bincount(self.user[keep], minlength=self.n_users)
+        users_kept = per_user > 0
+        new_code = (np.cumsum(users_kept, dtype=np.int64) - 1).astype(np.int32)
+        offsets = np.zeros(int(users_kept.sum()) + 1, np.int64)
+        np.cumsum(per_user[users_kept], out=offsets[1:])
+        quarantine = self.quarantine
+        removed = dict(self.removed)
+        removed[reason] += int(self.n_rows - np.count_nonzero(keep))
+        if keep_quarantine is not None:
+            quarantine = quarantine[keep_quarantine].reset_index(drop=True)
+            removed[reason] += int(len(keep_quarantine) - np.count_nonzero(keep_quarantine))
+        log = EventLog._from_parts(
+            user=np.ascontiguousarray(new_code[self.user[keep]]), ts=self.ts[keep],
+            event=self.event[keep], category=self.category[keep], value=self.value[keep],
+            user_offsets=offsets, users=self.users[users_kept], categories=self.categories,
+            event_types=self.event_types, quarantine=quarantine,
+            n_input_rows=self.n_input_rows,
+            session_id=None if self.session_id is None else self.session_id[keep],
+            removed=removed, user_column=self.user_column)
+        log.bot_rule = self.bot_rule
+        log.flagged = self.flagged[users_kept]
+        if self._bot is not None:
+            log._bot = {k: v[users_kept] for k, v in self._bot.items()}
+        return log
+
+    def drop_before(self, ts: Any) -> EventLog:
+        """A new log without the events before ``ts`` (counted in ``removed["expired"]``).
+
+        Parameters
+        ----------
+        ts : time
+            Anything :func:`to_epoch_ms` reads; events at ``ts`` or later stay.
+
+        Returns
+        -------
+        EventLog
+            Users left without events leave ``users``. The quarantine (rejected input kept
+            for inspection) is unchanged; :meth:`erase` removes a user from it.
+        """
+        cutoff = to_epoch_ms(ts, "ts")
+        return self._without_rows(self.ts >= cutoff, "expired")
+
+    def retain(self, max_age: Any, as_of: Any = None) -> EventLog:
+        """A new log with only the events younger than ``max_age`` at ``as_of``.
+
+        Parameters
+        ----------
+        max_age : duration
+            Anything :func:`to_millis` reads (``"90d"``, a timedelta, seconds).
+        as_of : time, optional
+            The reference time (default: now, UTC). Events with ``ts >= as_of - max_age``
+            stay.
+
+        Returns
+        -------
+        EventLog
+            As :meth:`drop_before`.
+        """
+        age_ms = to_millis(max_age, "max_age")
+        now = (int(pd.Timestamp.now(tz="UTC").value // 1_000_000) if as_of is None
+               else to_epoch_ms(as_of, "as_of"))
+        return self._without_rows(self.ts >= now - age_ms, "expired")
+
+    def erase(self, user_ids: Any) -> EventLog:
+        """A new log without any trace of ``user_ids``: events and quarantined rows.
+
+        Parameters
+        ----------
+        user_ids : scalar or array-like
+            Ids as the log holds them (pseudonyms when it was built with
+            ``pseudonymize_key``). Unknown ids are ignored.
+
+        Returns
+        -------
+        EventLog
+            The removed rows are counted in ``removed["erased"]``; ``users`` no longer holds
+            the ids (their quarantined rows are matched on the input's user column).
+        """
+        ids = np.atleast_1d(np.asarray(user_ids, dtype=object)).ravel()
+        codes = self.user_code(ids)
+        gone = np.zeros(self.n_users, bool)
+        gone[codes[codes >= 0]] = True
+        keep_q = None
+        if len(self.quarantine) and self.user_column in self.quarantine.columns:
+            keep_q = ~np.asarray(self.quarantine[self.user_column].isin(list(ids)))
+        return self._without_rows(~gone[self.user], "erased", keep_q)
 
     def exclude_flagged(self) -> EventLog:
         """:meth:`select_users` of the users not flagged (``self`` when none is)."""

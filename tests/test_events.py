@@ -836,3 +836,194 @@ def test_parallel_path_on_a_larger_log():
     order = np.lexsort((ts, uid))
     np.testing.assert_array_equal(log.value, order.astype(float))
     np.testing.assert_array_equal(log.users[log.user], uid[order])
+
+
+# ------------------------------------------------------------------------ privacy
+
+from bta.events import REMOVAL_REASONS  # noqa: E402
+from bta.privacy import SCREEN_REASONS, PrivacyPolicy, pseudonymize  # noqa: E402
+
+KEY = b"test-key-0123456789"
+PCATS = [None, "news", "autos", "health", "Religion", "debt"]
+
+
+def naive_screen_reason(policy, u, c):
+    """Why a row is screened (None: it is not), from the policy's rules read row by row."""
+    if u in policy.opt_outs:
+        return "opt_out"
+    if u in policy.minors:
+        return "under_age"
+    if c is not None and str(c).lower() in policy.sensitive_categories:
+        cl = str(c).lower()
+        if not (cl in policy.allowed_sensitive and cl in policy.sensitive_opt_ins.categories(u)):
+            return "sensitive"
+    return None
+
+
+@st.composite
+def private_rows(draw):
+    rows = draw(dirty_rows())
+    for r in rows:
+        r["category"] = draw(st.sampled_from(PCATS))
+    return rows
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=private_rows(), opt_outs=st.sets(st.sampled_from(["u0", "u1", "u2"]), max_size=2),
+       minors=st.sets(st.sampled_from(["u1", "u3"]), max_size=1),
+       allow_debt=st.booleans())
+def test_privacy_screening_accounting(rows, opt_outs, minors, allow_debt):
+    """rows in = accepted + quarantined + removed; screened rows are in neither the log nor
+    the quarantine; the rest is ingested exactly as without them."""
+    policy = PrivacyPolicy(allowed_sensitive={"debt"} if allow_debt else (), opt_outs=opt_outs,
+                           minors=minors, sensitive_opt_ins=[("u2", "debt")])
+    df = pd.DataFrame(rows, columns=["user_id", "ts", "event", "category", "value"])
+    df["ts"] = as_ts([r["ts"] for r in rows], "ms")
+    log = EventLog.from_pandas(df, errors="quarantine", privacy=policy)
+    screened = [naive_screen_reason(policy, r["user_id"], r["category"]) for r in rows]
+    kept = [i for i, s in enumerate(screened) if s is None]
+    reasons, accepted, _ = naive.ingest([rows[i] for i in kept])
+
+    expected_removed = dict.fromkeys(REMOVAL_REASONS, 0)
+    for s in screened:
+        if s is not None:
+            expected_removed[s] += 1
+    assert log.removed == expected_removed
+    assert log.n_input_rows == len(rows) == (log.n_rows + len(log.quarantine)
+                                             + sum(log.removed.values()))
+    assert dict(zip(log.quarantine["row"], log.quarantine["reason"].astype(str))) == {
+        kept[i]: r for i, r in enumerate(reasons) if r is not None}
+    got = log.to_pandas()
+    got_rows = [(u, t.value // 1_000_000, e, None if pd.isna(c) else c)
+                for u, t, e, c in zip(got.user_id, got.ts, got.event.astype(object),
+                                      got.category.astype(object))]
+    assert got_rows == [a[:4] for a in accepted]
+    s = log.summary()
+    assert s["rows_removed"] == sum(expected_removed.values())
+    assert s["removed_by_reason"] == expected_removed
+
+
+def test_default_policy_always_screens_sensitive_categories():
+    df = frame(6)
+    df["category"] = ["news", "health", "HEALTH", "news", "politics", "autos"]
+    log = EventLog.from_pandas(df)  # no policy: the default deny list applies
+    assert log.categories.tolist() == ["autos", "news"]
+    assert log.removed["sensitive"] == 3 and len(log.quarantine) == 0
+    # an explicit policy is the only way to keep a category: allow it, with the users' opt-in
+    allow = PrivacyPolicy(allowed_sensitive={"health"}, sensitive_opt_ins=[("u1", "health")])
+    log2 = EventLog.from_pandas(df, privacy=allow)
+    assert log2.categories.tolist() == ["autos", "health", "news"]  # u1's row only
+    assert log2.removed["sensitive"] == 2
+    assert log2.to_pandas().query("category == 'health'").user_id.tolist() == ["u1"]
+    # screened rows are not errors: errors="raise" does not raise for them
+    assert EventLog.from_arrays(df.user_id, df.ts, df.event, df.category).n_rows == 3
+
+
+def test_screened_rows_never_reach_the_quarantine():
+    df = frame(4)
+    df["category"] = ["health", "news", "news", "news"]
+    df.loc[0, "event"] = "bogus"  # would be quarantined, but it is sensitive: removed
+    df.loc[1, "event"] = "bogus"
+    log = EventLog.from_pandas(df, errors="quarantine", privacy=PrivacyPolicy(opt_outs={"u2"}))
+    assert log.quarantine["row"].tolist() == [1]
+    assert log.removed["sensitive"] == 1 and log.removed["opt_out"] == 1
+    assert "health" not in log.quarantine["category"].tolist()
+
+
+def test_integer_categories_and_ids_are_screened():
+    policy = PrivacyPolicy(sensitive_categories={"health", "13"}, opt_outs={7})
+    log = EventLog.from_arrays(np.array([7, 8, 8, 9]), np.full(4, T0) + np.arange(4),
+                               ["page_view"] * 4, np.array([1, 13, 2, 3]), privacy=policy)
+    assert log.users.tolist() == [8, 9] and log.categories.tolist() == [2, 3]
+    assert log.removed["opt_out"] == 1 and log.removed["sensitive"] == 1
+
+
+def test_privacy_option_errors():
+    with pytest.raises(ConfigError, match=re.escape(
+            "privacy must be a PrivacyPolicy or None, got 'strict'")):
+        EventLog.from_pandas(frame(), privacy="strict")
+    with pytest.raises(ConfigError, match=re.escape("key must be bytes of length >= 16")):
+        EventLog.from_pandas(frame(), pseudonymize_key=b"short")
+    with pytest.raises(ConfigError, match=re.escape("key must be bytes of length >= 16")):
+        EventLog.from_arrays([1], [T0], ["page_view"], pseudonymize_key="a string key 1234")
+
+
+@pytest.mark.parametrize("ids", [["a", "b", "a", "c"], [10, 20, 10, 30]])
+def test_pseudonymized_ingestion(ids):
+    df = pd.DataFrame({"user_id": ids + [None], "ts": pd.to_datetime([T0] * 5, unit="ms"),
+                       "event": ["page_view", "search", "ad_click", "page_view", "search"],
+                       "category": ["news"] * 5})
+    if isinstance(ids[0], int):
+        df["user_id"] = df["user_id"].astype("Int64")
+    plain = EventLog.from_pandas(df, errors="quarantine")
+    log = EventLog.from_pandas(df, errors="quarantine", pseudonymize_key=KEY)
+    raw = [str(u) for u in ids]
+    assert not set(map(str, log.users)) & set(raw)
+    expect = pseudonymize(plain.users, KEY)
+    assert sorted(log.users.tolist()) == sorted(expect.tolist())
+    # same events per user, under the pseudonym
+    a = plain.to_pandas().assign(user_id=lambda d: pseudonymize(d.user_id, KEY))
+    b = log.to_pandas()
+    key = ["user_id", "ts", "event"]
+    pd.testing.assert_frame_equal(a.sort_values(key).reset_index(drop=True),
+                                  b.sort_values(key).reset_index(drop=True))
+    # the quarantine holds no raw id either (the missing one stays missing)
+    assert log.quarantine["user_id"].isna().all() and len(log.quarantine) == 1
+    # the policy's registries hold pseudonyms: screening happens after pseudonymizing
+    gone = EventLog.from_pandas(df, errors="quarantine", pseudonymize_key=KEY,
+                                privacy=PrivacyPolicy(opt_outs={pseudonymize(ids[0], KEY)}))
+    assert gone.removed["opt_out"] == 2 and gone.n_users == 2
+
+
+def test_pseudonymized_quarantine_and_from_arrays():
+    log = EventLog.from_arrays(["x", "y", "x"], [T0, T0, -1], ["page_view", "bogus", "search"],
+                               errors="quarantine", time_range=None, pseudonymize_key=KEY)
+    assert log.quarantine["user_id"].tolist() == [pseudonymize("y", KEY)]
+    assert log.users.tolist() == [pseudonymize("x", KEY)]
+
+
+def test_drop_before_and_retain():
+    df = bot_world()
+    log = EventLog.from_pandas(df)
+    cut = int(np.median(log.ts))
+    new = log.drop_before(cut)
+    full = log.to_pandas()
+    exp = full[full.ts >= pd.Timestamp(cut, unit="ms", tz="UTC")].reset_index(drop=True)
+    pd.testing.assert_frame_equal(new.to_pandas(), exp)
+    np.testing.assert_array_equal(np.diff(new.user_offsets),
+                                  np.bincount(new.user, minlength=new.n_users))
+    assert new.users.tolist() == sorted(set(exp.user_id))
+    assert new.removed["expired"] == log.n_rows - new.n_rows > 0
+    assert new.n_input_rows == new.n_rows + len(new.quarantine) + sum(new.removed.values())
+    np.testing.assert_array_equal(new.flagged,
+                                  log.flagged[np.isin(log.users, new.users)])
+    as_of = pd.Timestamp(int(log.ts.max()), unit="ms", tz="UTC")
+    same_log(log.retain("1h", as_of=as_of), log.drop_before(int(log.ts.max()) - HOUR))
+    assert log.retain("36500d").n_rows == log.n_rows
+    assert log.retain(1.0, as_of="2099-01-01").n_rows == 0  # everything is older than 1 s
+    assert log.retain(1.0, as_of="2000-01-01").n_rows == log.n_rows  # nothing is old yet
+    with pytest.raises(ConfigError, match="max_age must be a positive duration"):
+        log.retain(-1)
+    with pytest.raises(ConfigError, match="as_of must be a time"):
+        log.retain("1d", as_of="not a time")
+
+
+def test_erase_removes_events_and_quarantined_rows():
+    df = frame(6)
+    df["user_id"] = ["u0", "u1", "u0", "u2", "u0", "u1"]
+    df.loc[4, "event"] = "bogus"
+    df = df.rename(columns={"user_id": "uid"})
+    log = EventLog.from_pandas(df, {"user_id": "uid"}, errors="quarantine")
+    assert log.quarantine["uid"].tolist() == ["u0"]
+    new = log.erase("u0")
+    assert "u0" not in new.users.tolist() and new.users.tolist() == ["u1", "u2"]
+    assert len(new.quarantine) == 0
+    assert new.removed["erased"] == 3
+    assert new.n_input_rows == 6 == new.n_rows + len(new.quarantine) + sum(new.removed.values())
+    assert not (new.to_pandas().user_id == "u0").any()
+    assert log.erase(["nobody"]).n_rows == log.n_rows
+    both = log.erase(["u0", "u1"])
+    assert both.users.tolist() == ["u2"]
+    # selections keep the accounting
+    sel = both.select_users([0])
+    assert sel.n_input_rows == sel.n_rows + len(sel.quarantine) + sum(sel.removed.values())

@@ -41,7 +41,8 @@ def assert_matches_naive(fm, df, spec, as_of):
 
 
 # ---- random event logs ------------------------------------------------------------------------
-CATS = ["autos", "travel", "news", "health"]
+# none of these is sensitive: the default privacy screen would drop them at ingestion
+CATS = ["autos", "travel", "news", "fitness"]
 
 
 @st.composite
@@ -76,7 +77,7 @@ def specs(draw):
         windows=windows, half_life=draw(st.sampled_from(["7d", "1d", "90min"])), events=events,
         weights={e: draw(st.sampled_from([1.0, 0.5, 3.0])) for e in events},
         categories=draw(st.sampled_from([None, ("autos", "news")])),
-        deny_categories=draw(st.sampled_from([(), ("health",)])),
+        deny_categories=draw(st.sampled_from([(), ("fitness",)])),
         max_session=draw(st.sampled_from([None, "1h"])),
         window_bucket=bucket, user_features=draw(st.booleans()), exclude_flagged=False,
     )
@@ -146,21 +147,7 @@ def test_online_late_events_close_to_batch():
     np.testing.assert_allclose(online.X.data, batch.X.data, rtol=1e-12)
 
 
-def test_bucketed_online_memory_is_bounded():
-    spec = FeatureSpec(windows=("1d", "7d"), window_bucket="1d", user_features=False)
-    prof = OnlineProfiles(spec)
-    # one very active user: 20 events per hour for 30 days, in 2 categories
-    hours = np.arange(30 * 24)
-    ts = np.repeat(T0 + hours * 3_600_000, 20) + np.tile(np.arange(20) * 1000, hours.size)
-    df = pd.DataFrame({"user_id": 1, "ts": ts, "event": "page_view",
-                       "category": np.where(np.arange(ts.size) % 2, "autos", "news")})
-    for part in np.array_split(np.arange(len(df)), 30):
-        prof.update(df.iloc[part], ts_unit="ms")
-    live = int(prof._UB[:, 1].sum())
-    # at most (7d / 1d + 1) buckets x 2 cells may be live, whatever the event rate
-    assert live <= (7 + 1) * 2
-    batch = build_features(make_log(df), spec, as_of=int(ts.max()))
-    assert np.array_equal(batch.X.data, prof.features().X.data)
+# test_bucketed_online_memory_is_bounded lives in tests/test_online.py
 
 
 def test_flagged_users_are_excluded_and_counted():

@@ -249,7 +249,9 @@ def test_layout_change_never_reads_stale_vectors(redis_server, redis_prefix, wor
     other.put(u, [0], [1.0])
     assert other.erase(u) is True
     assert other.get(u) is None and store.get(u) is None
-    assert store.erase(u) is False
+    assert other.book.segments_of(u) == []
+    # no key is left, but this store's own copy of the book still listed the user
+    assert store.erase(u) is True and store.erase(u) is False
 
 
 @pytest.mark.redis
@@ -377,3 +379,47 @@ def test_publish_selected_users_and_erased_ones(redis_server, redis_prefix, worl
     assert store.publish_from(prof, as_of=t, users=[1, 2, 3]) == 1
     assert store.get(1) is None and mem.get(1, t) is None and store.get(3) is None
     assert_same_profile(store.get(2), mem.get(2, t))
+
+
+@pytest.mark.redis
+def test_erase_leaves_no_key_and_no_membership(redis_server, redis_prefix, world):
+    import redis
+
+    store = redis_store(redis_server, redis_prefix, world)
+    assert store.publish_from(world["profiles"], world["book"], as_of=world["as_of"]) > 0
+    cats = world["categories"][:-1]
+    smaller = OnlineProfiles(world["profiles"].spec, categories=cats, grow_categories=False)
+    other = RedisProfileStore.from_profiles(smaller, world["book"], url=redis_server,
+                                            prefix=redis_prefix, timeout_ms=TIMEOUT_MS)
+    u, v = int(world["users"][0]), int(world["users"][1])
+    other.put(u, [0], [1.0], ["s0"])
+    other.put(v, [0], [1.0], ["s0"])
+    client = redis.Redis.from_url(redis_server)
+    try:
+        def keys_of(user):
+            suffix = f":u:i{user}".encode()
+            return [k for k in client.scan_iter(match=f"{redis_prefix}:*", count=1000)
+                    if k.endswith(suffix)]
+
+        assert len(keys_of(u)) == 2  # one per layout
+        assert store.erase(u) is True
+        assert keys_of(u) == []
+        assert store.get(u) is None and other.get(u) is None
+        assert store.book.segments_of(u) == [] and u not in store.book.users.tolist()
+        # nobody else was touched
+        assert len(keys_of(v)) == 2 and v in store.book.users.tolist()
+        assert store.erase(u) is False
+        # the only keys left under the prefix are other users' profiles and the layout set
+        left = {k.decode() for k in client.scan_iter(match=f"{redis_prefix}:*", count=1000)}
+        assert f"{redis_prefix}:layouts" in left
+        assert all(k == f"{redis_prefix}:layouts" or ":u:" in k for k in left)
+    finally:
+        client.close()
+
+
+def test_erase_unreachable_redis_raises(world):
+    store = RedisProfileStore.from_profiles(world["profiles"], url="redis://127.0.0.1:1/0",
+                                            timeout_ms=50, connect_timeout_ms=50,
+                                            write_timeout_ms=50)
+    with pytest.raises(StoreError, match=re.escape("Redis erase of user 5 failed")):
+        store.erase(5)

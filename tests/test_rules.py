@@ -690,3 +690,98 @@ def test_rules_on_simulated_features():
     assert 0 < segs[0].size < fm.n_users
     book = SegmentBook.from_segments(fm.users, segs, min_audience=1)
     assert book.names == ("viewers", "heavy")
+
+
+# ---- privacy: blocked categories ----------------------------------------------------------------
+import re  # noqa: E402
+
+from bta.privacy import PrivacyPolicy  # noqa: E402
+
+PRIV_NAMES = ("count:page_view:autos:7d", "count:page_view:health:7d", "recency:ad_click:Health",
+              "decay:search:religion", "count:search:autos:7d", "rfm:monetary")
+PRIV_NAN = np.array([False, False, True, False, False, False])
+
+
+def priv_fm(rows):
+    X = sp.csr_matrix(np.asarray(rows, dtype=np.float64))
+    return FeatureMatrix(X=X, feature_names=PRIV_NAMES, users=np.arange(len(rows)),
+                         as_of=pd.Timestamp("2026-01-01", tz="UTC"), spec=SPEC,
+                         nan_absent=PRIV_NAN)
+
+
+@pytest.mark.parametrize("expr, message", [
+    ("count:page_view:health:7d >= 1",
+     "rule 'r': feature 'count:page_view:health:7d' at position 0 reads the blocked (sensitive) "
+     "category 'health'; a rule may use it only when the PrivacyPolicy allows it "
+     "(allowed_sensitive) for users who opted in"),
+    ("count:page_view:autos:7d > 1 and recency:ad_click:Health < 3",
+     "rule 'r': feature 'recency:ad_click:Health' at position 33 reads the blocked (sensitive) "
+     "category 'health'"),
+    ('total("count:*:religion:*") > 0',
+     "rule 'r': total() pattern 'count:*:religion:*' at position 0 reads the blocked "
+     "(sensitive) category 'religion'"),
+    ('total("*politics*") > 0',
+     "rule 'r': total() pattern '*politics*' at position 0 reads the blocked (sensitive) "
+     "category 'politics'"),
+    ("1 < `count:page_view:Sexual_Orientation:7d`",
+     "rule 'r': feature 'count:page_view:Sexual_Orientation:7d' at position 4 reads the "
+     "blocked (sensitive) category 'sexual_orientation'"),
+])
+def test_rules_naming_blocked_categories_are_refused_at_definition(expr, message):
+    with pytest.raises(ConfigError) as info:
+        RuleSegment("r", expr)  # no policy given: the default deny list applies
+    assert str(info.value).startswith(message)
+    with pytest.raises(ConfigError):
+        evaluate_rules({"r": expr}, priv_fm([[0] * 6]))
+
+
+def test_allowed_sensitive_category_may_be_used_and_others_stay_blocked():
+    policy = PrivacyPolicy(allowed_sensitive={"health"})
+    r = RuleSegment("r", "count:page_view:health:7d >= 1", privacy=policy)
+    fm = priv_fm([[0, 2, 1, 0, 0, 0], [0, 0, 0, 0, 0, 0]])
+    assert r.segment(fm).members.tolist() == [True, False]
+    with pytest.raises(ConfigError, match="'religion'"):
+        RuleSegment("r", "decay:search:religion > 0", privacy=policy)
+    # a policy without a deny list is an explicit choice; it accepts everything
+    open_policy = PrivacyPolicy(sensitive_categories=())
+    assert RuleSegment("r", "decay:search:religion > 0", privacy=open_policy).feature_refs == (
+        "decay:search:religion",)
+
+
+def test_wildcards_skip_blocked_columns_when_compiled():
+    # a matrix built without the policy has blocked columns; a wildcard must not read them
+    fm = priv_fm([[1, 5, 0, 7, 2, 0], [0, 9, 0, 9, 0, 0]])
+    seg = RuleSegment("r", 'total("count:*") >= 3').segment(fm)
+    assert seg.members.tolist() == [True, False]  # health's 5 and 9 are not summed
+    naive = np.array([1 + 2, 0]) >= 3
+    assert seg.members.tolist() == naive.tolist()
+    with pytest.raises(UnknownNameError, match=re.escape(
+            "the pattern 'decay:*' of total() at position 0 matches only features of blocked "
+            "categories")):
+        RuleSegment("r", 'total("decay:*") > 0').compile(fm)
+    allowed = PrivacyPolicy(sensitive_categories=())
+    seg2 = RuleSegment("r", 'total("count:*") >= 3', privacy=allowed).segment(fm)
+    assert seg2.members.tolist() == [True, True]
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(parts=st.lists(st.sampled_from(PRIV_NAMES + ('total("count:*")', 'total("*:autos*")',
+                                                    'total("*health*")')),
+                      min_size=1, max_size=4))
+def test_accepted_rules_never_read_a_blocked_column(parts):
+    expr = " + ".join(p if p.startswith("total") else f"`{p}`" for p in parts) + " > 0"
+    policy = PrivacyPolicy()
+    try:
+        rule = RuleSegment("r", expr)
+    except ConfigError:
+        blocked = policy.sensitive_categories - policy.allowed_sensitive
+        texts = [p[len('total("'):-2] if p.startswith("total") else p for p in parts]
+        assert any(re.search(rf"(^|[:*?]){re.escape(c)}($|[:*?])", t.lower())
+                   for t in texts for c in blocked)
+        return
+    try:
+        compiled = rule.compile(priv_fm([[0] * 6]))
+    except UnknownNameError:
+        return
+    read = [PRIV_NAMES[j] for j in compiled.columns]
+    assert all(policy.blocked_category_in(n) is None for n in read), read

@@ -110,3 +110,79 @@ def test_summary_frame():
     s = book.summary()
     assert s.loc["a"].tolist() == ["custom", 2, 0.5, True]
     assert isinstance(s, pd.DataFrame)
+
+
+# ---- privacy: blocked categories in definitions, erasure ---------------------------------------
+from bta.privacy import PrivacyPolicy  # noqa: E402
+
+
+@pytest.mark.parametrize("definition, message", [
+    ({"expr": "count:page_view:health:7d >= 1"},
+     "segment 's': its definition references blocked (sensitive) categories: 'health' at "
+     "expr; such segments need the category in PrivacyPolicy(allowed_sensitive=...) and the "
+     "users' opt-in"),
+    ({"maker": "InterestClusters", "top_categories": ["autos", "Religion"]},
+     "segment 's': its definition references blocked (sensitive) categories: 'religion' at "
+     "top_categories[1]"),
+    ({"weights": {"debt": 0.5}},
+     "segment 's': its definition references blocked (sensitive) categories: 'debt' at "
+     "weights.debt(key)"),
+    ({"expr": 'total("count:*:politics:*") > 0 and recency:ad_click:health<3'},
+     "segment 's': its definition references blocked (sensitive) categories: 'health' at "
+     "expr, 'politics' at expr"),
+])
+def test_book_refuses_definitions_with_blocked_categories(definition, message):
+    seg = Segment("s", "custom", definition, np.ones(3, dtype=bool))
+    with pytest.raises(ConfigError) as info:
+        SegmentBook.from_segments([1, 2, 3], [seg])  # default policy
+    assert str(info.value).startswith(message)
+    with pytest.raises(ConfigError):
+        book_of({"ok": [True, True, True]}).add(seg)
+
+
+def test_book_accepts_allowed_categories_and_checks_on_load(tmp_path):
+    policy = PrivacyPolicy(allowed_sensitive={"health"})
+    seg = Segment("s", "rule", {"expr": "count:page_view:health:7d >= 1"},
+                  np.array([True, False, True]))
+    book = SegmentBook.from_segments([1, 2, 3], [seg], privacy=policy)
+    assert book.privacy is policy
+    assert book.add(Segment("t", "custom", {}, np.ones(3, bool))).privacy is policy
+    book.save(tmp_path / "b")
+    assert SegmentBook.load(tmp_path / "b", privacy=policy).names == ("s",)
+    with pytest.raises(ConfigError, match="'health' at expr"):
+        SegmentBook.load(tmp_path / "b")  # a stricter reader refuses it
+    # names that merely contain a sensitive word are not categories
+    ok = Segment("healthy_eaters", "custom", {"model": "healthy.txt", "note": "health_food"},
+                 np.ones(3, bool))
+    assert SegmentBook.from_segments([1, 2, 3], [ok]).names == ("healthy_eaters",)
+    with pytest.raises(ConfigError, match="privacy must be a PrivacyPolicy or None, got str"):
+        SegmentBook.from_segments([1, 2, 3], [ok], privacy="strict")
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.lists(st.booleans(), min_size=6, max_size=6), min_size=1, max_size=4),
+       st.lists(st.sampled_from(["u0", "u1", "u2", "u3", "u4", "u5", "nobody"]), max_size=4))
+def test_erase_matches_naive(columns, gone):
+    flags = {f"s{i}": col for i, col in enumerate(columns)}
+    users = np.array([f"u{i}" for i in range(6)], dtype=object)
+    book = book_of(flags, users, min_audience=3)
+    new = book.erase(gone)
+    keep = [i for i, u in enumerate(users) if u not in gone]
+    assert new.users.tolist() == [users[i] for i in keep]
+    for name, col in flags.items():
+        assert new.column(name).tolist() == [col[i] for i in keep]
+        assert new.activatable[name] == (sum(col[i] for i in keep) >= 3)
+    for u in gone:
+        assert new.segments_of(u) == []
+    assert new.names == book.names and new.min_audience == book.min_audience
+    assert book.users.tolist() == users.tolist()  # the old book is unchanged
+
+
+def test_erase_int_ids_and_min_audience_after_erasure():
+    book = book_of({"s": [True, True, False]}, users=[10, 20, 30], min_audience=2)
+    assert book.is_activatable("s") and book.to_openrtb(10) != []
+    small = book.erase(10)
+    assert small.users.tolist() == [20, 30]
+    assert not small.is_activatable("s")  # below the minimum audience now
+    assert small.to_openrtb(20) == []  # and no longer exported
+    assert book.erase([99]) is book

@@ -12,6 +12,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from bta.errors import ConfigError, SchemaError, UnknownNameError, check_param
+from bta.privacy import PrivacyPolicy
 
 __all__ = ["Segment", "SegmentBook", "FORMAT_VERSION", "DEFAULT_MIN_AUDIENCE"]
 
@@ -93,6 +94,11 @@ class SegmentBook:
     definitions : tuple of dict
     min_audience : int
         Segments with fewer members are kept but not activatable: no campaign may target them.
+    privacy : PrivacyPolicy, optional
+        A segment whose definition references a blocked category (a sensitive category the
+        policy does not allow; see :meth:`PrivacyPolicy.blocked_in_definition`) is refused
+        with :class:`~bta.errors.ConfigError`. None means ``PrivacyPolicy()``: the default
+        sensitive deny list always applies.
     """
 
     users: np.ndarray
@@ -101,6 +107,7 @@ class SegmentBook:
     kinds: tuple[str, ...]
     definitions: tuple[dict, ...]
     min_audience: int = DEFAULT_MIN_AUDIENCE
+    privacy: PrivacyPolicy | None = field(default=None, repr=False, compare=False)
     _name_index: dict = field(default=None, repr=False)  # type: ignore[assignment]
     _user_index: Any = field(default=None, repr=False)
 
@@ -115,13 +122,27 @@ class SegmentBook:
             raise ConfigError(f"membership must have shape (n_users, n_segments) = "
                               f"{(len(self.users), len(self.names))}, got {self.membership.shape}")
         object.__setattr__(self, "membership", sp.csr_matrix(self.membership, dtype=bool))
+        policy = PrivacyPolicy() if self.privacy is None else self.privacy
+        if not isinstance(policy, PrivacyPolicy):
+            raise ConfigError(f"privacy must be a PrivacyPolicy or None, got "
+                              f"{type(policy).__name__}")
+        object.__setattr__(self, "privacy", policy)
+        for name, definition in zip(self.names, self.definitions):
+            bad = policy.blocked_in_definition(definition)
+            if bad:
+                where = ", ".join(f"{c!r} at {path}" for path, c in bad)
+                raise ConfigError(f"segment {name!r}: its definition references blocked "
+                                  f"(sensitive) categories: {where}; such segments need the "
+                                  f"category in PrivacyPolicy(allowed_sensitive=...) and the "
+                                  f"users' opt-in")
         object.__setattr__(self, "_name_index", {n: i for i, n in enumerate(self.names)})
         object.__setattr__(self, "_user_index", pd.Index(self.users))
 
     # ---- construction --------------------------------------------------------------------------
     @classmethod
     def from_segments(cls, users: Sequence[Any], segments: Iterable[Segment],
-                      min_audience: int = DEFAULT_MIN_AUDIENCE) -> "SegmentBook":
+                      min_audience: int = DEFAULT_MIN_AUDIENCE,
+                      privacy: PrivacyPolicy | None = None) -> "SegmentBook":
         """Book of ``segments``, each computed over ``users`` (members aligned with them)."""
         users = np.asarray(users)
         segs = list(segments)
@@ -135,7 +156,8 @@ class SegmentBook:
             M = sp.csr_matrix((users.shape[0], 0), dtype=bool)
         return cls(users=users, membership=M, names=tuple(s.name for s in segs),
                    kinds=tuple(s.kind for s in segs),
-                   definitions=tuple(dict(s.definition) for s in segs), min_audience=min_audience)
+                   definitions=tuple(dict(s.definition) for s in segs), min_audience=min_audience,
+                   privacy=privacy)
 
     def add(self, *segments: Segment, replace: bool = False) -> "SegmentBook":
         """New book with ``segments`` added (computed over this book's users)."""
@@ -146,7 +168,24 @@ class SegmentBook:
         if clash and not replace:
             raise ConfigError(f"segments {clash} already exist; pass replace=True to replace them")
         kept = [s for s in existing if s.name not in new_names]
-        return SegmentBook.from_segments(self.users, kept + list(segments), self.min_audience)
+        return SegmentBook.from_segments(self.users, kept + list(segments), self.min_audience,
+                                         self.privacy)
+
+    def erase(self, user_ids: Any) -> "SegmentBook":
+        """New book without the rows of ``user_ids`` (a scalar or a list; unknown ids ignored).
+
+        Segment sizes shrink accordingly, so a segment may fall below ``min_audience`` and
+        stop being activatable.
+        """
+        ids = np.atleast_1d(np.asarray(user_ids, dtype=object)).ravel()
+        rows = self._user_index.get_indexer(pd.Index(ids, dtype=object))
+        keep = np.ones(self.n_users, dtype=bool)
+        keep[rows[rows >= 0]] = False
+        if keep.all():
+            return self
+        return SegmentBook(users=self.users[keep], membership=self.membership[keep],
+                           names=self.names, kinds=self.kinds, definitions=self.definitions,
+                           min_audience=self.min_audience, privacy=self.privacy)
 
     # ---- queries -------------------------------------------------------------------------------
     @property
@@ -259,8 +298,8 @@ class SegmentBook:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "SegmentBook":
-        """Read a book written by :meth:`save`."""
+    def load(cls, path: str | Path, privacy: PrivacyPolicy | None = None) -> "SegmentBook":
+        """Read a book written by :meth:`save`; its definitions are checked against ``privacy``."""
         path = Path(path)
         meta_file = path / "book.json"
         if not meta_file.exists():
@@ -276,4 +315,4 @@ class SegmentBook:
         return cls(users=users, membership=sp.csr_matrix(M),
                    names=tuple(s["name"] for s in segs), kinds=tuple(s["kind"] for s in segs),
                    definitions=tuple(s["definition"] for s in segs),
-                   min_audience=int(meta["min_audience"]))
+                   min_audience=int(meta["min_audience"]), privacy=privacy)

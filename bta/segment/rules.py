@@ -66,6 +66,14 @@ and what was expected, followed by the offending line and a caret::
 
 Unknown feature and segment names raise :class:`~bta.errors.UnknownNameError` with the closest
 names suggested.
+
+Privacy
+-------
+A rule may not read a blocked category (a sensitive category its
+:class:`~bta.privacy.PrivacyPolicy` does not allow; the default policy's deny list applies when
+none is given). A feature name or ``total()`` pattern that names one is refused with
+:class:`~bta.errors.ConfigError` when the rule is defined; when compiled against a layout, a
+``total()`` pattern skips the columns of blocked categories, so a wildcard never reaches them.
 """
 
 from __future__ import annotations
@@ -82,6 +90,7 @@ import numpy as np
 import pandas as pd
 
 from bta.errors import ConfigError, RuleSyntaxError, SchemaError, UnknownNameError, check_param
+from bta.privacy import PrivacyPolicy
 from bta.segment import _rule_kernels as K
 from bta.segment.book import Segment, SegmentBook
 
@@ -606,8 +615,16 @@ class _Columns:
                 break
         raise UnknownNameError(f"unknown feature {name!r} at position {pos}{hint}")
 
-    def matching(self, pattern: str, pos: int) -> list[int]:
+    def matching(self, pattern: str, pos: int, policy: PrivacyPolicy | None = None
+                 ) -> list[int]:
         cols = [j for j, n in enumerate(self.names) if fnmatchcase(n, pattern)]
+        if policy is not None:
+            # a wildcard must not reach the columns of a blocked category
+            allowed = [j for j in cols if policy.blocked_category_in(self.names[j]) is None]
+            if cols and not allowed:
+                raise UnknownNameError(f"the pattern {pattern!r} of total() at position {pos} "
+                                       f"matches only features of blocked categories")
+            cols = allowed
         if not cols:
             raise UnknownNameError(f"no feature matches the pattern {pattern!r} of total() at "
                                    f"position {pos}")
@@ -619,8 +636,8 @@ _BINARY = {"+": K.OP_ADD, "-": K.OP_SUB, "*": K.OP_MUL, "/": K.OP_DIV, "<": K.OP
 _NARY = {"min": K.OP_MIN, "max": K.OP_MAX, "and": K.OP_AND, "or": K.OP_OR}
 
 
-def _emit(ast: Node, cols: _Columns) -> tuple[list[tuple[int, int]], list[float], list[int],
-                                              list[tuple[str, int]]]:
+def _emit(ast: Node, cols: _Columns, policy: PrivacyPolicy | None = None
+          ) -> tuple[list[tuple[int, int]], list[float], list[int], list[tuple[str, int]]]:
     """Postfix code of ``ast``, with feature arguments as column indices (remapped by caller)."""
     code: list[tuple[int, int]] = []
     consts: list[float] = []
@@ -636,7 +653,7 @@ def _emit(ast: Node, cols: _Columns) -> tuple[list[tuple[int, int]], list[float]
             features.append(j)
             code.append((K.OP_FEATURE, j))
         elif isinstance(node, Total):
-            matched = cols.matching(node.pattern, node.pos)
+            matched = cols.matching(node.pattern, node.pos, policy)
             features.extend(matched)
             code.extend((K.OP_FEATURE, j) for j in matched)
             code.append((K.OP_TOTAL, len(matched)))
@@ -808,6 +825,9 @@ class RuleSegment:
     expr : str
         The rule; see :mod:`bta.segment.rules` for the language. Parsed (and type-checked)
         here, so a bad rule fails at construction.
+    privacy : PrivacyPolicy, optional
+        Feature names and ``total()`` patterns naming a blocked category are refused here;
+        None means ``PrivacyPolicy()`` (the default sensitive deny list always applies).
 
     Attributes
     ----------
@@ -819,7 +839,8 @@ class RuleSegment:
     RuleSyntaxError
         If ``expr`` does not parse; the message starts with ``rule '<name>': ``.
     ConfigError
-        If ``name`` or ``expr`` is not a valid name / a string.
+        If ``name`` or ``expr`` is not a valid name / a string, or the rule names a blocked
+        category.
 
     Examples
     --------
@@ -832,6 +853,7 @@ class RuleSegment:
 
     name: str
     expr: str
+    privacy: PrivacyPolicy | None = field(default=None, repr=False, compare=False)
     ast: Node = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -845,6 +867,25 @@ class RuleSegment:
         except RuleSyntaxError as exc:
             raise RuleSyntaxError(f"rule {self.name!r}: {exc}", exc.position) from None
         object.__setattr__(self, "ast", ast)
+        policy = PrivacyPolicy() if self.privacy is None else self.privacy
+        if not isinstance(policy, PrivacyPolicy):
+            raise ConfigError(f"privacy must be a PrivacyPolicy or None, got "
+                              f"{type(policy).__name__}")
+        object.__setattr__(self, "privacy", policy)
+        for node in _walk(ast):
+            text = node.name if isinstance(node, Feature) else (
+                node.pattern if isinstance(node, Total) else None)
+            if text is None:
+                continue
+            # a pattern's literal runs count; its wildcards are resolved at compile time
+            blocked = next((c for c in map(policy.blocked_category_in,
+                                           [text, *re.split(r"[*?\[\]]+", text)]) if c), None)
+            if blocked is not None:
+                what = "feature" if isinstance(node, Feature) else "total() pattern"
+                raise ConfigError(f"rule {self.name!r}: {what} {text!r} at position {node.pos} "
+                                  f"reads the blocked (sensitive) category {blocked!r}; a rule "
+                                  f"may use it only when the PrivacyPolicy allows it "
+                                  f"(allowed_sensitive) for users who opted in")
 
     @property
     def feature_refs(self) -> tuple[str, ...]:
@@ -868,11 +909,11 @@ class RuleSegment:
         ------
         UnknownNameError
             For an unknown feature name (closest names suggested) or a ``total()`` pattern
-            matching nothing.
+            matching nothing (columns of blocked categories do not count).
         """
         cols = features if isinstance(features, _Columns) else _Columns(features)
         try:
-            code, consts, used, segs = _emit(self.ast, cols)
+            code, consts, used, segs = _emit(self.ast, cols, self.privacy)
         except UnknownNameError as exc:
             raise UnknownNameError(f"rule {self.name!r}: {exc}") from None
         columns = np.unique(np.asarray(used, dtype=np.int64))
@@ -910,7 +951,8 @@ _BLOCK_FLOATS = 1 << 22
 
 
 def evaluate_rules(rules: Iterable[RuleSegment] | Mapping[str, str], fm: Any,
-                   book: SegmentBook | None = None) -> list[Segment]:
+                   book: SegmentBook | None = None,
+                   privacy: PrivacyPolicy | None = None) -> list[Segment]:
     """Evaluate several rules over every user of ``fm``, sharing the column extraction.
 
     Parameters
@@ -921,6 +963,8 @@ def evaluate_rules(rules: Iterable[RuleSegment] | Mapping[str, str], fm: Any,
     book : SegmentBook, optional
         Segments that rules may reference with ``segment("name")`` besides each other; its
         users are matched to ``fm.users`` by id.
+    privacy : PrivacyPolicy, optional
+        Policy of rules given as a mapping of text (RuleSegment objects carry their own).
 
     Returns
     -------
@@ -945,7 +989,7 @@ def evaluate_rules(rules: Iterable[RuleSegment] | Mapping[str, str], fm: Any,
     code then runs as NumPy operations over the block. Rules run in dependency order, so a
     rule referencing another sees its finished membership.
     """
-    rule_list = _as_rules(rules)
+    rule_list = _as_rules(rules, privacy)
     cols = _Columns(fm, "fm")
     if book is not None and not isinstance(book, SegmentBook):
         raise ConfigError(f"book must be a SegmentBook or None, got {type(book).__name__}")
@@ -956,9 +1000,9 @@ def evaluate_rules(rules: Iterable[RuleSegment] | Mapping[str, str], fm: Any,
     return [Segment(r.name, "rule", {"expr": r.expr}, members[r.name]) for r in rule_list]
 
 
-def _as_rules(rules: Any) -> list[RuleSegment]:
+def _as_rules(rules: Any, privacy: PrivacyPolicy | None = None) -> list[RuleSegment]:
     if isinstance(rules, Mapping):
-        out = [RuleSegment(name, expr) for name, expr in rules.items()]
+        out = [RuleSegment(name, expr, privacy) for name, expr in rules.items()]
     elif isinstance(rules, (RuleSegment, str)) or not isinstance(rules, Iterable):
         raise ConfigError(f"rules must be an iterable of RuleSegment or a mapping of name to "
                           f"rule text, got {type(rules).__name__}")

@@ -602,7 +602,8 @@ class RedisProfileStore:
     def erase(self, user_id: Any) -> bool:
         """Delete the user's profile under every layout ever published with this prefix.
 
-        Returns whether anything was deleted.
+        The store's in-memory book (if any) is replaced by one without the user. Returns
+        whether anything was deleted in Redis or the book.
 
         Raises
         ------
@@ -613,6 +614,7 @@ class RedisProfileStore:
             ukey = _user_key(user_id)
         except ConfigError:
             return False
+        in_book = self._erase_from_book(user_id)
         w = self._writer()
         try:
             layouts = {x.decode() if isinstance(x, bytes) else str(x)
@@ -622,7 +624,17 @@ class RedisProfileStore:
         except Exception as exc:  # noqa: BLE001
             raise StoreError(f"Redis erase of user {user_id!r} failed: {type(exc).__name__}: "
                              f"{exc}") from exc
-        return bool(n)
+        return bool(n) or in_book
+
+    def _erase_from_book(self, user_id: Any) -> bool:
+        names, fp, book = self._book_state
+        if book is None or not hasattr(book, "erase"):
+            return False
+        smaller = book.erase(user_id)
+        if smaller is book:
+            return False
+        self._book_state = (names, fp, smaller)  # same names: the bitsets stay valid
+        return True
 
     def close(self) -> None:
         """Close the connection pools (the store reconnects if used again)."""

@@ -112,12 +112,23 @@ class MemoryProfileStore:
         return self.profiles.update(events, **kwargs)
 
     def erase(self, user_id: Any) -> bool:
-        """Forget the user's profile and segment memberships in this store."""
-        found = self.profiles.erase(user_id)
-        names, rows, book = self._book_state
-        if user_id in rows:
-            rows = dict(rows)
-            del rows[user_id]
-            self._book_state = (names, rows, book)
-            found = True
+        """Forget the user in this store: the online profile and the book's row.
+
+        The book is replaced by :meth:`SegmentBook.erase` of it, so ``store.book`` no longer
+        lists the user either. Returns whether the user was known.
+        """
+        found = bool(self.profiles.erase(user_id))
+        with self._lock:  # two erasures must not each install a book missing only their user
+            names, rows, book = self._book_state
+            try:
+                known = user_id in rows
+            except TypeError:  # an unhashable id was never stored
+                known = False
+            if known:
+                rows = dict(rows)
+                del rows[user_id]
+                book = book.erase(user_id)
+                # one reference assignment, as in set_book
+                self._book_state = (names, rows, book)
+                found = True
         return found
