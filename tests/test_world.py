@@ -439,3 +439,27 @@ def test_no_lift_on_the_null_world_across_seeds():
     assert (p_ctr < 0.05).sum() <= 2, p_ctr
     # and the p-values are not piled up near 0 (they are uniform under the null)
     assert stats.kstest(np.concatenate([p_roas, p_ctr]), "uniform").pvalue > 0.001
+
+
+def test_an_engine_of_ones_own_is_answered_by_the_ground_truth(world):
+    """Creatives the world does not know are answered through their ``category``: an Engine
+    built by hand (as in the README's quickstart) gets the same response model."""
+    from bta.serve import Campaign, Creative
+
+    t = build_targeting(world, train_days=6)
+    cats = [c for c in world.categories if c in ("autos", "travel", "sports")]
+    ads = [Campaign(f"mine-{c}", (Creative(f"mine-{c}-ad", c),), bid=5.0) for c in cats]
+    engine = Engine(ads, fallback=Campaign("mine-house", (Creative("mine-house-ad"),), bid=0.01),
+                    store=MemoryProfileStore(t.profiles), time_budget_ms=3_600_000)
+    log = run_experiment(world, engine, days=2, start_day=6).log
+    shown = log["campaign_id"].str.startswith("mine-") & (log["campaign_id"] != "mine-house")
+    assert shown.any()
+    code = {c: i for i, c in enumerate(world.categories)}
+    assert (log.loc[shown, "ad_category"] == log.loc[shown, "creative_id"]
+            .str.slice(5, -3)).all()
+    users = log["user_id"].astype(np.int64).to_numpy()
+    cat = np.array([code[c] for c in log.loc[shown, "ad_category"]])
+    p = world.click_probability(users[shown.to_numpy()], cat)
+    clicks = log.loc[shown, "clicks"].sum()
+    assert abs(clicks - p.sum()) < 4.5 * math.sqrt((p * (1 - p)).sum())
+    assert log.loc[shown, "conversions"].sum() <= clicks

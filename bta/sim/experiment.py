@@ -88,6 +88,23 @@ class ExperimentResult:
         return ab_report(self.log, **kwargs)
 
 
+def _creative_codes(world: AdWorld, engine: Any, creative_ids: np.ndarray) -> np.ndarray:
+    """World category code of each shown creative: the world's own campaigns first, then the
+    ``category`` of the Engine's creatives (so an Engine with campaigns of its own is answered
+    by the same ground truth); -1 (house ad) for a creative without a known category."""
+    code = {c: i for i, c in enumerate(world.categories)}
+    own: dict[str, int] = {}
+    for camp in getattr(engine, "campaigns", ()):
+        for cr in camp.creatives:
+            if cr.category is not None and cr.category in code:
+                own[cr.id] = code[cr.category]
+    cat = world.creative_category(creative_ids)
+    unknown = np.flatnonzero(cat < 0)
+    if own and unknown.size:
+        cat[unknown] = [own.get(c, -1) for c in creative_ids[unknown]]
+    return cat
+
+
 def run_experiment(world: AdWorld, engine: Any, days: int | None = None, *,
                    start_day: int | None = None,
                    progress: Callable[[int, int], Any] | None = None) -> ExperimentResult:
@@ -159,7 +176,7 @@ def run_experiment(world: AdWorld, engine: Any, days: int | None = None, *,
         t1 = time.perf_counter()
         dec = _align(dec, req)
         rng = np.random.default_rng([world.config.seed, day, 5])
-        cat = world.creative_category(dec["creative_id"].to_numpy())
+        cat = _creative_codes(world, engine, dec["creative_id"].to_numpy())
         clicks, conv, revenue = world.respond(uidx, cat, rng)
         ts_ms = _epoch_ms(req["ts"])
         cost = world.market_price(ts_ms, rng) / 1000.0
