@@ -26,17 +26,29 @@ request, so the serving path can call :meth:`PrivacyPolicy.serving_gate` without
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import hmac
 import re
-import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
+from bta._privacy_consent import (
+    DEFAULT_SENSITIVE_CATEGORIES,
+    GATE_OK,
+    SCREEN_OK,
+    SCREEN_OPT_OUT,
+    SCREEN_REASONS,
+    SCREEN_SENSITIVE,
+    SCREEN_UNDER_AGE,
+    MinorRegistry,
+    OptOutRegistry,
+    SensitiveOptIns,
+    UserRegistry,
+    _as_1d,
+    pseudonymize,
+    tcf_purposes,
+)
+from bta._privacy_erasure import ErasureReceipt, erase
 from bta.errors import ConfigError, SchemaError, check_param
 
 __all__ = [
@@ -46,234 +58,8 @@ __all__ = [
     "ErasureReceipt", "erase",
 ]
 
-#: Categories whose events never enter profiles unless explicitly allowed with opt-in consent.
-#: Names follow common content taxonomies (IAB Content Taxonomy flags health, sexuality,
-#: religion, politics, and sensitive financial topics); match is case-insensitive.
-DEFAULT_SENSITIVE_CATEGORIES = frozenset({
-    "health", "medical", "medical_conditions", "mental_health", "pharmaceuticals",
-    "sexual_orientation", "sexuality", "religion", "spirituality", "politics",
-    "political_affiliation", "precise_location", "financial_hardship", "debt", "bankruptcy",
-    "ethnicity", "trade_union", "genetics", "biometrics", "criminal_record",
-})
-
-GATE_OK = "ok"
-
 # Characters that cannot be part of a bare feature name in rule text or a name pattern.
 _NAME_SPLIT = re.compile(r"[\s`\"'()\[\]{},;<>=!+/*?]+")
-
-#: Codes returned by :meth:`PrivacyPolicy.screen_events`; ``SCREEN_REASONS[code]`` names them.
-SCREEN_OK = 0
-SCREEN_OPT_OUT = 1
-SCREEN_UNDER_AGE = 2
-SCREEN_SENSITIVE = 3
-SCREEN_REASONS = ("ok", "opt_out", "under_age", "sensitive")
-
-# TCF v2 core string layout: purposes consent bits start after these fields (bit widths):
-# Version 6, Created 36, LastUpdated 36, CmpId 12, CmpVersion 12, ConsentScreen 6,
-# ConsentLanguage 12, VendorListVersion 12, TcfPolicyVersion 6, IsServiceSpecific 1,
-# UseNonStandardTexts 1, SpecialFeatureOptIns 12, then PurposesConsent 24.
-_TCF_PURPOSES_OFFSET = 6 + 36 + 36 + 12 + 12 + 6 + 12 + 12 + 6 + 1 + 1 + 12
-_TCF_N_PURPOSES = 24
-
-
-def tcf_purposes(consent: str) -> frozenset[int] | None:
-    """Purposes (1-24) with consent in a TCF v2 consent string's core segment.
-
-    Returns ``None`` when the string cannot be decoded (callers treat that as no consent).
-    Never raises.
-    """
-    try:
-        core = consent.split(".")[0]
-        raw = base64.urlsafe_b64decode(core + "=" * (-len(core) % 4))
-    except (AttributeError, ValueError, binascii.Error, TypeError):
-        return None
-    n_bits = len(raw) * 8
-    if n_bits < _TCF_PURPOSES_OFFSET + _TCF_N_PURPOSES:
-        return None
-    bits = int.from_bytes(raw, "big")
-    version = bits >> (n_bits - 6)
-    if version != 2:
-        return None
-    out = set()
-    for p in range(_TCF_N_PURPOSES):
-        pos = _TCF_PURPOSES_OFFSET + p  # bit index from the most significant bit
-        if (bits >> (n_bits - 1 - pos)) & 1:
-            out.add(p + 1)
-    return frozenset(out)
-
-
-def pseudonymize(user_ids: Any, key: bytes) -> Any:
-    """Keyed hash (HMAC-SHA256, hex, first 32 characters) of user ids.
-
-    The same id and key always give the same pseudonym; without the key the mapping cannot be
-    rebuilt. Apply it at ingestion (``EventLog.from_*(..., pseudonymize_key=key)``) and to the
-    ids of requests, opt-outs and erasure requests with the same key, so raw ids never enter
-    logs, profiles or stores.
-
-    Parameters
-    ----------
-    user_ids : scalar or array-like of shape (n,)
-        Ids are hashed by their text (``str(id)``, UTF-8; an integral float as the integer),
-        so ``7``, ``7.0`` and ``"7"`` share a pseudonym. A missing id (None, NaN, the empty
-        string) stays None: it names nobody.
-    key : bytes of length >= 16
-        The caller's secret.
-
-    Returns
-    -------
-    str or None for a scalar; ndarray of object of shape (n,) otherwise.
-
-    Raises
-    ------
-    ConfigError
-        When ``key`` is not bytes of at least 16.
-
-    Examples
-    --------
-    >>> key = b"0123456789abcdef"
-    >>> pseudonymize("alice", key) == pseudonymize(["alice"], key)[0]
-    True
-    """
-    if not isinstance(key, (bytes, bytearray)) or len(key) < 16:
-        raise ConfigError("key must be bytes of length >= 16 (a secret supplied by the caller)")
-    key = bytes(key)
-
-    def one(u: Any) -> str | None:
-        if u is None or (isinstance(u, float) and u != u) or (isinstance(u, str) and not u):
-            return None
-        if isinstance(u, (float, np.floating)) and float(u).is_integer():
-            u = int(u)  # 7.0 == 7: equal ids share a pseudonym (EventLog reads 7.0 as 7)
-        return hmac.new(key, str(u).encode(), hashlib.sha256).hexdigest()[:32]
-
-    if np.ndim(user_ids) == 0 and not isinstance(user_ids, (list, tuple)):
-        return one(user_ids.item() if isinstance(user_ids, np.generic) else user_ids)
-    import pandas as pd
-
-    ids = np.asarray(user_ids, dtype=object).ravel()
-    codes, uniques = pd.factorize(ids, use_na_sentinel=True)  # hash each distinct id once
-    table = np.array([one(u) for u in uniques] + [None], dtype=object)
-    return table[codes]
-
-
-def _as_1d(values: Any, name: str) -> np.ndarray:
-    """``values`` as a one-dimensional array (no copy when it already is one)."""
-    if isinstance(values, np.ndarray):
-        arr = values
-    else:
-        try:  # pandas Series/Index, Arrow arrays and lists all convert through NumPy
-            arr = np.asarray(values, dtype=object if isinstance(values, (list, tuple)) else None)
-        except (TypeError, ValueError) as exc:
-            raise SchemaError(f"{name} must be array-like, got {type(values).__name__}") from exc
-    if arr.ndim != 1:
-        raise SchemaError(f"{name} must be one-dimensional, got shape {arr.shape}")
-    return arr
-
-
-class UserRegistry:
-    """A thread-safe set of user ids.
-
-    Membership tests are plain set lookups (atomic under the GIL), so the serving path reads
-    without taking the lock; writers take it.
-    """
-
-    def __init__(self, users: Iterable[Any] = ()):
-        self._users = set(users)
-        self._lock = threading.Lock()
-
-    def add(self, user_id: Any) -> None:
-        with self._lock:
-            self._users.add(user_id)
-
-    def remove(self, user_id: Any) -> None:
-        with self._lock:
-            self._users.discard(user_id)
-
-    def snapshot(self) -> frozenset:
-        """The users registered now, as an immutable set."""
-        with self._lock:
-            return frozenset(self._users)
-
-    def __contains__(self, user_id: Any) -> bool:
-        try:
-            return user_id in self._users  # set lookup is atomic under the GIL
-        except TypeError:  # an unhashable id cannot have been registered
-            return False
-
-    def __len__(self) -> int:
-        return len(self._users)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(<{len(self)} users>)"
-
-
-class OptOutRegistry(UserRegistry):
-    """Users who objected to profiling: never profiled, never targeted.
-
-    Erasing a user's data does not remove the opt-out: the objection must outlive the data,
-    or a re-ingested event would profile the user again.
-    """
-
-
-class MinorRegistry(UserRegistry):
-    """Users known to be younger than the policy's ``min_age``: never profiled, never targeted.
-
-    The caller registers a user when it learns the age (a declared age, a COPPA flag; see
-    :meth:`PrivacyPolicy.note_age`) and removes the user when the age is reached.
-    """
-
-
-class SensitiveOptIns:
-    """Opt-in consent of users to being profiled on single sensitive categories.
-
-    Only categories the policy lists in ``allowed_sensitive`` can take effect; an opt-in to any
-    other sensitive category is recorded but grants nothing. Category names are lower-cased.
-    """
-
-    def __init__(self, pairs: Iterable[tuple[Any, str]] | Mapping[Any, Iterable[str]] = ()):
-        self._cats: dict[Any, frozenset] = {}
-        self._lock = threading.Lock()
-        items = pairs.items() if isinstance(pairs, Mapping) else None
-        if items is not None:
-            for user, cats in items:
-                for c in ([cats] if isinstance(cats, str) else cats):
-                    self.add(user, c)
-        else:
-            for user, c in pairs:
-                self.add(user, c)
-
-    def add(self, user_id: Any, category: str) -> None:
-        """Record that ``user_id`` opted in to profiling on ``category``."""
-        c = str(category).lower()
-        with self._lock:
-            self._cats[user_id] = self._cats.get(user_id, frozenset()) | {c}
-
-    def remove(self, user_id: Any, category: str | None = None) -> None:
-        """Withdraw one opt-in, or all of the user's when ``category`` is None."""
-        with self._lock:
-            if category is None:
-                self._cats.pop(user_id, None)
-                return
-            left = self._cats.get(user_id, frozenset()) - {str(category).lower()}
-            if left:
-                self._cats[user_id] = left
-            else:
-                self._cats.pop(user_id, None)
-
-    def categories(self, user_id: Any) -> frozenset:
-        """Sensitive categories ``user_id`` opted in to (empty when none)."""
-        try:
-            return self._cats.get(user_id, frozenset())  # dict read is atomic under the GIL
-        except TypeError:
-            return frozenset()
-
-    def __contains__(self, user_id: Any) -> bool:
-        return bool(self.categories(user_id))
-
-    def __len__(self) -> int:
-        return len(self._cats)
-
-    def __repr__(self) -> str:
-        return f"SensitiveOptIns(<{len(self)} users>)"
 
 
 @dataclass(frozen=True)
@@ -565,113 +351,3 @@ class PrivacyPolicy:
             return GATE_OK
         except Exception:  # noqa: BLE001 - a malformed signal must fail closed, not raise
             return "bad_consent"
-
-
-# ---- erasure -------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ErasureReceipt:
-    """What :func:`erase` did, place by place.
-
-    Attributes
-    ----------
-    user_id : object
-        The id erased (as the places hold it: a pseudonym where ids are pseudonymized).
-    places : tuple of str
-        A description of each place, in the order given.
-    held : tuple of bool or None
-        Whether each place held the user (None: the place does not say).
-    results : tuple
-        For places that are immutable (an ``EventLog``, a ``SegmentBook``), the new object
-        without the user, which the caller must use from now on; for the others, the place
-        itself.
-    """
-
-    user_id: Any
-    places: tuple[str, ...]
-    held: tuple[bool | None, ...]
-    results: tuple[Any, ...]
-
-    @property
-    def held_by(self) -> tuple[str, ...]:
-        """The places that held the user."""
-        return tuple(p for p, h in zip(self.places, self.held) if h)
-
-
-def _held_before(place: Any, user_id: Any) -> bool | None:
-    """For an immutable place, whether it holds ``user_id`` (None: cannot tell)."""
-    try:
-        if hasattr(place, "user_code") and hasattr(place, "quarantine"):  # EventLog
-            col = place.user_column
-            in_q = (col in place.quarantine.columns
-                    and bool(place.quarantine[col].isin([user_id]).any()))
-            return bool(place.user_code(user_id) >= 0) or in_q
-        if hasattr(place, "segments_of") and hasattr(place, "users"):  # SegmentBook
-            return bool(place._user_index.get_indexer([user_id])[0] >= 0)
-    except Exception:  # noqa: BLE001 - a receipt detail, never a reason to skip the erasure
-        return None
-    return None
-
-
-def erase(user_id: Any, *places: Any) -> ErasureReceipt:
-    """Remove ``user_id`` from every place given; a receipt says which held the user.
-
-    Parameters
-    ----------
-    user_id : object
-        The id as bta holds it (apply :func:`pseudonymize` first when ids were pseudonymized
-        at ingestion).
-    *places : objects with an ``erase`` method
-        Event logs, ``OnlineProfiles``, profile stores (memory, Redis), segment books,
-        engines, privacy policies. Mutable places are erased in place; immutable ones
-        (``EventLog``, ``SegmentBook``) return a new object, found in ``receipt.results``.
-
-    Returns
-    -------
-    ErasureReceipt
-
-    Raises
-    ------
-    ConfigError
-        When a place has no ``erase`` method (checked before anything is erased).
-    StoreError
-        When some places failed (e.g. Redis unreachable): every place is still tried, and the
-        error lists the failures; ``error.receipt`` holds the receipt of what succeeded.
-
-    Notes
-    -----
-    An :class:`~bta.serve.Engine` forgets only its own state (frequency-cap history); pass its
-    store too. Opt-outs are kept (see :meth:`PrivacyPolicy.erase`).
-    """
-    from bta.errors import StoreError
-
-    for i, place in enumerate(places):
-        if not callable(getattr(place, "erase", None)):
-            raise ConfigError(f"places[{i}] must have an erase method, got "
-                              f"{type(place).__name__}")
-    names, held, results, failures = [], [], [], []
-    for i, place in enumerate(places):
-        names.append(f"{i}:{type(place).__name__}")
-        before = _held_before(place, user_id)
-        try:
-            out = place.erase(user_id)
-        except Exception as exc:  # noqa: BLE001 - try every place, then report all failures
-            failures.append(f"{names[-1]}: {type(exc).__name__}: {exc}")
-            held.append(None)
-            results.append(place)
-            continue
-        if isinstance(out, (bool, np.bool_)):
-            held.append(bool(out))
-            results.append(place)
-        elif out is None:
-            held.append(None)
-            results.append(place)
-        else:
-            held.append(before)
-            results.append(out)
-    receipt = ErasureReceipt(user_id, tuple(names), tuple(held), tuple(results))
-    if failures:
-        err = StoreError(f"erasure of user {user_id!r} is incomplete; failed places: "
-                         + "; ".join(failures))
-        err.receipt = receipt  # type: ignore[attr-defined]
-        raise err
-    return receipt
