@@ -189,6 +189,14 @@ class UserRegistry:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(<{len(self)} users>)"
 
+    # the lock is not state: a pickled copy (sent to a worker process) gets a fresh one
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
 
 class OptOutRegistry(UserRegistry):
     """Users who objected to profiling: never profiled, never targeted.
@@ -258,3 +266,11 @@ class SensitiveOptIns:
 
     def __repr__(self) -> str:
         return f"SensitiveOptIns(<{len(self)} users>)"
+
+    # the lock is not state: a pickled copy (sent to a worker process) gets a fresh one
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()

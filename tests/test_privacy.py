@@ -514,3 +514,19 @@ def test_engine_erase_drops_pending_decisions():
     eng.erase("u")
     # a win notice after the erasure must not bring the user's history back
     assert eng.notify_win(d.request_id) is False
+
+
+def test_policy_and_registries_pickle_with_their_contents():
+    # a policy travels to worker processes (Dask, multiprocessing) inside books and engines
+    import pickle
+
+    from bta.privacy import PrivacyPolicy
+
+    pol = PrivacyPolicy(allowed_sensitive={"health"}, opt_outs={"u1"},
+                        sensitive_opt_ins=[("u2", "health")])
+    pol.minors.add("kid")
+    back = pickle.loads(pickle.dumps(pol))
+    assert "u1" in back.opt_outs and "kid" in back.minors
+    assert back.sensitive_opt_ins.categories("u2") == frozenset({"health"})
+    back.opt_outs.add("u3")  # the copy has a working lock of its own
+    assert "u3" in back.opt_outs and "u3" not in pol.opt_outs
