@@ -19,7 +19,7 @@ from bta.errors import ConfigError, check_param
 from bta.features.matrix import FeatureMatrix
 from bta.segment.book import DEFAULT_MIN_AUDIENCE, Segment, SegmentBook
 from bta.segment.clusters import InterestClusters, interest_affinity
-from bta.segment.lookalike import Lookalike
+from bta.segment.lookalike import Lookalike, centroid_scores
 from bta.segment.propensity import PropensityModel
 from bta.segment.rules import evaluate_rules
 
@@ -234,15 +234,8 @@ def _centroid_scores(c: _Centroid, fm: FeatureMatrix) -> tuple[np.ndarray, np.nd
     """Scores and seed flags of ``fm``'s users: the formula of :class:`Lookalike` (centroid),
     ``s(u) = x_u . S / |S|``, leave-one-out ``x_u . (S - x_u) / |S - x_u|`` for seed users."""
     aff = interest_affinity(fm, event=c.event, stat=c.stat, idf=c.idf, categories=c.categories)
-    raw = np.asarray(aff.X @ c.S).ravel()
-    norm = np.linalg.norm(c.S)
-    scores = raw / norm
     is_seed = pd.Index(c.seed).get_indexer(aff.users) >= 0
-    seed = np.flatnonzero(is_seed & aff.has_affinity)
-    loo_norm = np.sqrt(np.maximum(norm * norm - 2.0 * raw[seed] + 1.0, 0.0))
-    # |x_u| = 1; a seed of one user has nothing left to compare with: score 0 (as Lookalike)
-    scores[seed] = np.where(loo_norm > 1e-12, (raw[seed] - 1.0) / np.maximum(loo_norm, 1e-12),
-                            0.0)
+    scores = centroid_scores(aff.X, c.S, np.flatnonzero(is_seed & aff.has_affinity))
     scores = np.clip(scores, 0.0, 1.0)
     scores[~aff.has_affinity] = 0.0
     return scores, is_seed

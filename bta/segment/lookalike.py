@@ -93,6 +93,23 @@ class LookalikeEvaluation:
     n_candidates: int
 
 
+def centroid_scores(X: Any, S: np.ndarray, seed_rows: np.ndarray) -> np.ndarray:
+    """Cosine of unit affinity rows ``X`` to the seed direction ``S`` (the sum of the seed's
+    rows): ``x.S / |S|``, and for the seed's own rows the leave-one-out ``x.(S - x) / |S - x|``
+    (``|x| = 1``; a seed of one user has nothing left to compare with and scores 0).
+
+    Shared by :class:`Lookalike` and the partitioned scoring of :mod:`bta.dask`, which scores
+    new users against a fitted ``S``.
+    """
+    raw = np.asarray(X @ S).ravel()
+    norm = np.linalg.norm(S)
+    scores = raw / norm
+    loo_norm = np.sqrt(np.maximum(norm * norm - 2.0 * raw[seed_rows] + 1.0, 0.0))
+    scores[seed_rows] = np.where(loo_norm > 1e-12,
+                                 (raw[seed_rows] - 1.0) / np.maximum(loo_norm, 1e-12), 0.0)
+    return scores
+
+
 class Lookalike:
     """Users most similar to a seed, ranked and cut to a reach.
 
@@ -222,15 +239,7 @@ class Lookalike:
                               f"{self.event!r} affinity: there is nothing to look alike")
         X = aff.X
         if self.method == "centroid":
-            S = np.asarray(X[active].sum(axis=0)).ravel()
-            scores = np.asarray(X @ S).ravel()
-            norm = np.linalg.norm(S)
-            # Leave-one-out for the seed: x.(S - x) / |S - x|, with |x| = 1.
-            own = scores[active] - 1.0
-            loo_norm = np.sqrt(np.maximum(norm * norm - 2.0 * scores[active] + 1.0, 0.0))
-            scores = scores / norm
-            # A seed of one user has nothing left to compare with: its score is 0.
-            scores[active] = np.where(loo_norm > 1e-12, own / np.maximum(loo_norm, 1e-12), 0.0)
+            scores = centroid_scores(X, np.asarray(X[active].sum(axis=0)).ravel(), active)
         else:
             seeds_t = np.ascontiguousarray(X[active].toarray().T)
             self_col = np.full(X.shape[0], -1, dtype=np.int64)
