@@ -77,6 +77,34 @@ class BotRule:
             check_param(name, v, isinstance(v, (int, np.integer)) and not isinstance(v, bool)
                         and v >= 1, "an integer >= 1")
 
+    def reference(self, rate: np.ndarray) -> tuple[float, float]:
+        """Median and robust scale (1.4826 MAD, at least ``min_scale``) of ``log(rate)`` over a
+        population of users: what each user's rate is compared with."""
+        log_rate = np.log(rate)
+        med = float(np.median(log_rate))
+        return med, max(1.4826 * float(np.median(np.abs(log_rate - med))), self.min_scale)
+
+    def flag_codes(self, n_events: np.ndarray, rate: np.ndarray, clicks: np.ndarray,
+                   impressions: np.ndarray, median: float, scale: float,
+                   any_impressions: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Flag codes (index into the flag reasons: 1 high rate, 2 click pattern, 3 both), the
+        robust z of the rate and the CTR, per user, against a population's ``reference``.
+
+        The click pattern is only looked for when the population saw any impression at all.
+        """
+        z = (np.log(rate) - median) / scale
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ctr = clicks / impressions  # NaN for 0/0, inf for clicks without impressions
+        flag = np.zeros(len(rate), np.int8)
+        if self.enabled:
+            flag[(z > self.rate_z) & (n_events >= self.min_events)] = 1
+            if any_impressions:
+                with np.errstate(invalid="ignore"):
+                    clicky = (clicks >= self.min_clicks) & (
+                        (impressions == 0) | (ctr > self.max_ctr))
+                flag[clicky] += 2
+        return flag, z, ctr
+
 
 # ------------------------------------------------------------------------------ flagging
 
@@ -97,18 +125,7 @@ def _bot_stats(user_offsets: np.ndarray, ts: np.ndarray, event: np.ndarray,
     with num_threads(_threads(len(ts))):
         hours, clicks, imps = _k.user_activity(user_offsets, ts, event, _CLICK, _IMPRESSION)
     rate = n_events / hours
-    log_rate = np.log(rate)
-    med = np.median(log_rate)
-    scale = max(1.4826 * float(np.median(np.abs(log_rate - med))), rule.min_scale)
-    z = (log_rate - med) / scale
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ctr = clicks / imps  # NaN for 0/0, inf for clicks without impressions
-    flag = np.zeros(n_users, np.int8)
-    if rule.enabled:
-        flag[(z > rule.rate_z) & (n_events >= rule.min_events)] = 1
-        if imps.sum() > 0:
-            with np.errstate(invalid="ignore"):
-                clicky = (clicks >= rule.min_clicks) & ((imps == 0) | (ctr > rule.max_ctr))
-            flag[clicky] += 2
+    med, scale = rule.reference(rate)
+    flag, z, ctr = rule.flag_codes(n_events, rate, clicks, imps, med, scale, imps.sum() > 0)
     return {"n_events": n_events, "active_hours": hours, "rate": rate, "rate_z": z,
             "clicks": clicks, "impressions": imps, "ctr": ctr, "flag": flag}

@@ -301,14 +301,9 @@ def _summary(log: EventLog, rule: BotRule, bots: bool) -> dict[str, Any]:
 def _flags(bot: Mapping[str, np.ndarray], g: _Global, rule: BotRule) -> np.ndarray:
     """The :class:`~bta.events.BotRule` flags with the global median and scale (its formula,
     applied to per-user statistics of one partition)."""
-    z = (np.log(bot["rate"]) - g.med) / g.scale
-    flag = (z > rule.rate_z) & (bot["n_events"] >= rule.min_events)
-    if g.any_impressions:
-        with np.errstate(invalid="ignore"):
-            clicky = (bot["clicks"] >= rule.min_clicks) & (
-                (bot["impressions"] == 0) | (bot["ctr"] > rule.max_ctr))
-        flag |= clicky
-    return flag
+    codes, _, _ = rule.flag_codes(bot["n_events"], bot["rate"], bot["clicks"],
+                                  bot["impressions"], g.med, g.scale, g.any_impressions)
+    return codes > 0
 
 
 def _info(spec: FeatureSpec, vocab: Sequence[Any], as_of_ms: int) -> FeatureInfo:
@@ -330,9 +325,7 @@ def _combine(summaries: list[dict], spec: FeatureSpec, rule: BotRule, bots: bool
         rates = np.concatenate([s["bot"]["rate"] for s in summaries])
         if rates.size:
             # BotRule's statistics over all users of the log (np.median sorts: order-free)
-            log_rate = np.log(rates)
-            med = float(np.median(log_rate))
-            scale = max(1.4826 * float(np.median(np.abs(log_rate - med))), rule.min_scale)
+            med, scale = rule.reference(rates)
             any_imps = bool(sum(int(s["bot"]["impressions"].sum()) for s in summaries) > 0)
     g = _Global(_info(spec, vocab, 0), med, scale, any_imps)
     if as_of_ms is None:
