@@ -1,10 +1,12 @@
 """OnlineProfiles throughput: the benchmark stream, time ordered, in micro-batches of 10,000.
 
-Two paths: ``update(df)`` (ingestion of a DataFrame included) and ``update_log(log)`` (EventLogs
-built beforehand: the pure update). Target: 2,000,000 events/s. Before timing, each path's
-profiles after the whole stream are checked equal, bit for bit, to ``build_features`` on the same
-events. Micro-batches are built outside the timed part; each timed round starts from empty
-profiles (made in ``setup``, untimed) and folds in every batch.
+Paths: ``update(df)`` (ingestion of a DataFrame included), ``update_log(log)`` (EventLogs built
+beforehand: the pure update) and ``update_log(log)+privacy`` (the same with a
+:class:`~bta.privacy.PrivacyPolicy` screening every batch: 1% of the users opted out, 5 of the
+200 categories blocked as sensitive). Target: 2,000,000 events/s. Before timing, each path's
+profiles after the whole stream are checked equal, bit for bit, to ``build_features`` on the
+events that may enter them. Micro-batches are built outside the timed part; each timed round
+starts from empty profiles (made in ``setup``, untimed) and folds in every batch.
 """
 
 from __future__ import annotations
@@ -120,3 +122,47 @@ def test_online_update(benchmark, path, threads, stream, frames, logs, batch_fea
     record_rate(benchmark, ev.n_events, batch_size=BATCH, n_batches=len(batches),
                 target_events_per_s=2_000_000, profile_bytes=profile_bytes,
                 numba_threads=threads or numba.get_num_threads())
+
+
+#: Categories the privacy benchmark blocks, and the share of users who opted out.
+_BLOCKED = (3, 50, 97, 144, 191)
+_OPT_OUT_EVERY = 100
+
+
+def _policy(n_users):
+    from bta.privacy import PrivacyPolicy
+
+    return PrivacyPolicy(sensitive_categories={str(c) for c in _BLOCKED},
+                         opt_outs=range(0, n_users, _OPT_OUT_EVERY))
+
+
+@pytest.mark.benchmark(group="online")
+def test_online_update_privacy(benchmark, stream, logs, online_rounds, record_rate):
+    from bta.features import OnlineProfiles, build_features
+
+    ev, pv = stream
+    spec = _spec()
+    policy = _policy(ev.n_users)
+    OnlineProfiles(spec).warmup()
+    # categories are the integer codes 0..199; the policy names them as text, as a taxonomy
+    # would, so the vocabulary given to the profiles is text too
+    names = np.array([str(c) for c in range(ev.n_categories)], dtype=object)
+    logs = [_log(log.users[log.user], log.ts, pv[:log.n_rows], names[log.categories][
+        log.category]) for log in logs]
+    keep = (ev.user % _OPT_OUT_EVERY != 0) & ~np.isin(ev.category, _BLOCKED)
+    want = build_features(_log(ev.user[keep], ev.ts[keep], pv[:int(keep.sum())],
+                               names[ev.category[keep]]), spec, as_of=ev.as_of)
+
+    def run(profiles, batches):
+        return _feed_logs(profiles, batches)
+
+    checked = run(OnlineProfiles(spec, privacy=policy), logs)
+    _assert_same_matrix(checked.features(as_of=ev.as_of), want)
+    del checked
+
+    n_rounds, _ = online_rounds
+    benchmark.pedantic(run, setup=lambda: ((OnlineProfiles(spec, privacy=policy), logs), {}),
+                       rounds=n_rounds, iterations=1, warmup_rounds=0)
+    record_rate(benchmark, ev.n_events, batch_size=BATCH, n_batches=len(logs),
+                target_events_per_s=2_000_000, opted_out_share=1 / _OPT_OUT_EVERY,
+                blocked_categories=len(_BLOCKED))

@@ -1,20 +1,28 @@
-"""OnlineProfiles: the features of :func:`build_features`, kept up to date event by event."""
+"""OnlineProfiles: the features of :func:`build_features`, kept up to date event by event.
+
+State lives in NumPy tables that the numba kernels of :mod:`bta.features._online_kernels` update
+in place (layout described there): one 128-byte row per user, each user's cells and window-buffer
+entries in contiguous runs of two pools, so an event touches a handful of cache lines.
+
+Privacy hooks: a :class:`~bta.privacy.PrivacyPolicy` screens every event before it can reach a
+profile (opted-out users, known minors and blocked sensitive categories never enter);
+:meth:`OnlineProfiles.erase` forgets one user; :meth:`OnlineProfiles.expire` (or the
+``retention`` option, applied at every update) forgets users whose latest event is too old.
+"""
 
 from __future__ import annotations
 
+import datetime as _dt
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from numba import types
-from numba.typed import Dict
-
-from bta.errors import ConfigError
-from bta.events import EventLog, to_epoch_ms
+from bta.errors import ConfigError, check_param
+from bta.events import EventLog, to_epoch_ms, to_millis
 from bta.features import _kernels as K
 from bta.features import _online_kernels as OK_
 from bta.features.batch import event_slots
@@ -23,30 +31,71 @@ from bta.features.spec import FeatureSpec
 
 __all__ = ["OnlineProfiles", "UpdateResult"]
 
+_LO = 0xFFFFFFFF
+_INT64_MAX = int(np.iinfo(np.int64).max)
+
 
 @dataclass(frozen=True)
 class UpdateResult:
-    """What one :meth:`OnlineProfiles.update` did with its events."""
+    """What one :meth:`OnlineProfiles.update` did with its events.
 
-    n_in: int            #: events received
+    ``n_in = n_applied + n_excluded + n_quarantined + n_skipped_opt_out + n_skipped_under_age
+    + n_skipped_sensitive``.
+    """
+
+    n_in: int            #: events received (rows a log had already erased or expired excluded)
     n_applied: int       #: events folded into profiles
-    n_excluded: int      #: events in denied categories (never enter a profile)
+    n_excluded: int      #: events in the spec's denied categories (never enter a profile)
     n_quarantined: int   #: invalid events (see ``quarantine``)
     quarantine: pd.DataFrame  #: the invalid rows with a ``reason``
+    n_skipped_opt_out: int = 0    #: events of users who opted out (privacy policy)
+    n_skipped_under_age: int = 0  #: events of users known to be minors (privacy policy)
+    n_skipped_sensitive: int = 0  #: events in blocked sensitive categories (privacy policy)
+    n_expired: int = 0   #: users forgotten by the retention rule after this update
+
+    @property
+    def n_skipped(self) -> int:
+        """Events the privacy policy kept out of profiles."""
+        return self.n_skipped_opt_out + self.n_skipped_under_age + self.n_skipped_sensitive
 
 
-def _grow(a: np.ndarray, n: int, fill: Any = 0) -> np.ndarray:
-    """``a`` with room for ``n`` rows (capacity doubles); new rows hold ``fill``, or are left
-    uninitialized with ``fill=None`` (cell rows: the update kernel initializes each new cell)."""
+def _aligned(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """Zeroed array whose data starts on a 64-byte (cache line) boundary, so that a 128-byte
+    user row or a 32-byte cell row never straddles one line more than it must."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    buf = np.zeros(nbytes + 64, dtype=np.uint8)
+    off = (-buf.ctypes.data) % 64
+    return buf[off:off + nbytes].view(dtype).reshape(shape)
+
+
+def _grown(a: np.ndarray, n: int) -> np.ndarray:
+    """``a`` with room for ``n`` rows (capacity doubles), new rows zeroed, 64-byte aligned."""
     if a.shape[0] >= n:
         return a
-    cap = max(n, 2 * a.shape[0], 16)
-    if fill is None:
-        out = np.empty((cap,) + a.shape[1:], dtype=a.dtype)
-    else:
-        out = np.full((cap,) + a.shape[1:], fill, dtype=a.dtype)
+    out = _aligned((max(n, 2 * a.shape[0], 16),) + a.shape[1:], a.dtype)
     out[: a.shape[0]] = a
     return out
+
+
+def _duration_ms(value: Any, name: str) -> int:
+    """A positive duration in ms: integers are milliseconds, else anything :func:`to_millis`
+    reads (``"90d"``, a Timedelta, a timedelta)."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+        check_param(name, value, value > 0, "a positive duration (integer ms, '90d', Timedelta)")
+        return int(value)
+    check_param(name, value, isinstance(value, (str, _dt.timedelta, np.timedelta64)),
+                "a positive duration (integer ms, '90d', Timedelta)")
+    return to_millis(value, name)
+
+
+@dataclass
+class _Screen:
+    """Events of one batch that passed the privacy screen, and the counts of those that did
+    not."""
+
+    rows: np.ndarray | None = None  #: kept row positions (None: all rows kept)
+    counts: dict = field(default_factory=dict)
 
 
 class OnlineProfiles:
@@ -70,16 +119,29 @@ class OnlineProfiles:
         When False, the column layout is fixed to ``categories``: events in other categories
         still count in the per-user features but get no columns. Serving code uses this so that
         compiled rules and scorers keep valid column indices.
+    privacy : PrivacyPolicy, optional
+        Screens every event with :meth:`~bta.privacy.PrivacyPolicy.screen_events` before it
+        reaches a profile: events of opted-out users and known minors, and events in sensitive
+        categories the user has no effective opt-in for, are skipped and counted in the
+        :class:`UpdateResult`. Blocked categories never get feature columns. The registries are
+        read at each update: a user who opts out after having a profile is skipped from then
+        on, and :meth:`erase` is how the data already held about them goes.
+    retention : duration, optional
+        When set (integer ms, ``"90d"``, a Timedelta), every update ends with
+        ``expire(retention)``: users whose latest event is older than the latest event seen
+        minus ``retention`` are forgotten. The sweep over all users runs only when some user
+        can be that old (a lower bound of the oldest latest-event time is kept).
 
     Notes
     -----
-    Memory, per user: about 200 bytes (state, buffer bookkeeping, id map). Per touched
-    (event type, category) cell: about 56 bytes (state and list link). Window buffer:
-    20 bytes per entry, up to twice the live entries. In exact mode a user keeps one entry per
-    event within the longest window (a user with 1,000 events in 30 days: ~20-40 kB). With
-    ``FeatureSpec(window_bucket=B)`` entries of the same bucket and cell merge, so a user keeps
-    at most ``(longest_window / B + 1) * cells`` entries whatever their event rate: bounded
-    memory, with bucketed window semantics that :func:`build_features` applies identically.
+    Memory, per user: 128 bytes of state, 8 of float state, plus the id maps (~150 bytes).
+    Per touched (event type, category) cell: 40 bytes, up to twice that while its run waits for
+    compaction. Window buffer: 16 bytes per entry, up to twice the live entries. In exact mode
+    a user keeps one entry per event within the longest window (a user with 1,000 events in 30
+    days: ~16-32 kB). With ``FeatureSpec(window_bucket=B)`` entries of the same bucket and cell
+    merge, so a user keeps at most ``(longest_window / B + 1) * cells`` entries whatever their
+    event rate: bounded memory, with bucketed window semantics that :func:`build_features`
+    applies identically. Slots of erased or expired users are reused by new users.
 
     Thread safety: updates and reads take a lock; kernels release the GIL.
 
@@ -94,19 +156,32 @@ class OnlineProfiles:
     """
 
     def __init__(self, spec: FeatureSpec | None = None, categories: Iterable[Any] | None = None,
-                 event_types: Iterable[str] | None = None, grow_categories: bool = True):
+                 event_types: Iterable[str] | None = None, grow_categories: bool = True,
+                 privacy: Any = None, retention: Any = None):
         if spec is None:
             spec = FeatureSpec()
         if not isinstance(spec, FeatureSpec):
             raise ConfigError(f"spec must be a FeatureSpec, got {type(spec).__name__}")
+        if privacy is not None:
+            from bta.privacy import PrivacyPolicy
+
+            if not isinstance(privacy, PrivacyPolicy):
+                raise ConfigError(f"privacy must be a PrivacyPolicy or None, got "
+                                  f"{type(privacy).__name__}")
         self.spec = spec
+        self.privacy = privacy
+        self.retention_ms = None if retention is None else _duration_ms(retention, "retention")
         self._lock = threading.RLock()
         self._extra_events = () if event_types is None else tuple(event_types)
         self._user_ids: list[Any] = []
         self._user_slot: dict[Any, int] = {}
+        # slots of erased or expired users (a stack: the last freed is reused first)
+        self._free = np.zeros(0, dtype=np.int64)
+        self._n_free = 0
         self._cats: list[Any] = []
         self._cat_code: dict[Any, int] = {}
         self._cat_flag = np.zeros(0, dtype=np.int64)
+        self._deny = frozenset(spec.deny_categories)
         self._grow_categories = bool(grow_categories)
         if not self._grow_categories and categories is None:
             raise ConfigError("grow_categories=False needs the categories to fix the layout")
@@ -114,24 +189,23 @@ class OnlineProfiles:
         self._layout_cache: tuple[int, Any] | None = None
         for c in self._fixed_categories:
             self._add_category(c, fixed=True)
-        self._UI = np.zeros((0, K.N_UI), dtype=np.int64)
-        self._UF = np.zeros((0, K.N_UF), dtype=np.float64)
-        self._first = np.zeros(0, dtype=np.int64)
-        self._UB = np.zeros((0, 3), dtype=np.int64)
-        self._CI = np.zeros((0, K.N_CI), dtype=np.int64)
-        self._CF = np.zeros((0, K.N_CF), dtype=np.float64)
-        self._cell_ev = np.zeros(0, dtype=np.int64)
-        self._cell_cat = np.zeros(0, dtype=np.int64)
-        self._cell_next = np.zeros(0, dtype=np.int64)
-        self._n_cells = 0
-        # integer user ids -> slot, mirrored in _user_slot; None once a non-integer id arrives
-        self._int_slots = Dict.empty(key_type=types.int64, value_type=types.int64)
-        self._P_t = np.zeros(1024, dtype=np.int64)
-        self._P_cell = np.zeros(1024, dtype=np.int64)
-        self._P_n = np.zeros(1024, dtype=np.int32)
-        self._pool_used = 0
+        self._U = _aligned((0, OK_.N_H), np.int64)
+        self._UF = _aligned((0, K.N_UF), np.float64)
+        self._CK = _aligned((1024,), np.int64)
+        self._CS = _aligned((1024, OK_.N_CS), np.int64)
+        self._c_used = 0
+        self._P = _aligned((1024, 2), np.int64)
+        self._p_used = 0
+        # integer user ids -> slot (open-addressing table, see _online_kernels.lookup_ids),
+        # mirrored in _user_slot; dropped once a non-integer id arrives
+        self._int_ids = True
+        self._hkeys = np.zeros(1024, dtype=np.int64)
+        self._hvals = np.full(1024, -1, dtype=np.int64)
         self._max_window = int(spec.windows_ms.max())
         self._event_types: tuple[str, ...] | None = None
+        self._ev_slots: tuple[Any, np.ndarray, np.ndarray] | None = None
+        self._latest = K.NO_TIME   # latest event time seen (the clock of expire/retention)
+        self._oldest = K.NO_TIME   # lower bound of the users' latest-event times
 
     # ---- vocabulary ----------------------------------------------------------------------------
     def _add_category(self, c: Any, fixed: bool = False) -> int:
@@ -140,8 +214,9 @@ class OnlineProfiles:
             code = len(self._cats)
             self._cats.append(c)
             self._cat_code[c] = code
-            if c in set(self.spec.deny_categories):
-                flag = -2
+            if c in self._deny or (self.privacy is not None
+                                   and self.privacy.is_blocked_category(c)):
+                flag = -2  # never in a profile, never a column
             elif not fixed and not self._grow_categories:
                 flag = -1  # counted per user, no column: the layout is fixed
             elif self.spec.categories is None or c in set(self.spec.categories):
@@ -152,30 +227,57 @@ class OnlineProfiles:
         return code
 
     def _user_slots(self, ids: np.ndarray) -> np.ndarray:
-        """Slots of ``ids``, adding new users (one dict lookup per distinct id)."""
-        if ids.dtype.kind in "iu" and self._int_slots is not None:
+        """Slots of ``ids`` (distinct), adding new users; freed slots are reused first."""
+        if ids.dtype.kind in "iu" and self._int_ids:
             # integer ids: one compiled hash lookup per batch instead of a Python loop
-            old = len(self._user_ids)
-            slots, n_new = OK_.lookup_ids(ids.astype(np.int64), self._int_slots, np.int64(old))
-            if n_new:
-                is_new = slots >= old
-                new_ids = ids[is_new].tolist()
-                self._user_ids.extend(new_ids)
-                self._user_slot.update(zip(new_ids, slots[is_new].tolist()))
+            keys = ids.astype(np.int64)
+            if 2 * (len(self._user_slot) + keys.shape[0]) > self._hkeys.shape[0]:
+                self._rehash(len(self._user_slot) + keys.shape[0])
+            slots, is_new, n_free = OK_.lookup_ids(keys, self._hkeys, self._hvals,
+                                                   np.int64(len(self._user_ids)), self._free,
+                                                   np.int64(self._n_free))
+            new = np.flatnonzero(is_new)
+            if new.size:
+                self._n_free = int(n_free)
+                self._register(ids[new].tolist(), slots[new].tolist())
             return slots
-        if ids.dtype.kind not in "iu":
-            self._int_slots = None  # mixed id types: the Python dict alone is the truth
+        if ids.dtype.kind not in "iu" and self._int_ids:
+            self._int_ids = False  # mixed id types: the Python dict alone is the truth
+            self._hkeys = self._hvals = np.zeros(0, dtype=np.int64)
         get = self._user_slot.get
         ids_list = ids.tolist()
         slots = np.fromiter((get(u, -1) for u in ids_list), dtype=np.int64, count=len(ids_list))
         new = np.flatnonzero(slots < 0)
         if new.size:
-            first = len(self._user_ids)
-            new_ids = [ids_list[i] for i in new]
-            self._user_ids.extend(new_ids)
-            self._user_slot.update(zip(new_ids, range(first, first + new.size)))
-            slots[new] = np.arange(first, first + new.size)
+            n_slots = len(self._user_ids)
+            take = min(self._n_free, new.size)
+            reused = self._free[self._n_free - take:self._n_free][::-1].tolist()
+            self._n_free -= take
+            slots[new] = np.asarray(reused + list(range(n_slots, n_slots + new.size - take)),
+                                    dtype=np.int64)
+            self._register([ids_list[i] for i in new], slots[new].tolist())
         return slots
+
+    def _rehash(self, n_keys: int) -> None:
+        """Resize the id table to hold ``n_keys`` at most a quarter full (half full before it
+        grows again: linear probing stays short below that load)."""
+        size = 1 << max(10, int(4 * n_keys - 1).bit_length())
+        keys = np.zeros(size, dtype=np.int64)
+        vals = np.full(size, -1, dtype=np.int64)
+        OK_.rehash(self._hkeys, self._hvals, keys, vals)
+        self._hkeys, self._hvals = keys, vals
+
+    def _register(self, ids: list, slots: list) -> None:
+        n_slots = len(self._user_ids)
+        if slots and slots[0] == n_slots and slots[-1] == n_slots + len(slots) - 1:
+            self._user_ids.extend(ids)  # all fresh (the common case): no per-id Python loop
+        else:
+            for u, s in zip(ids, slots):
+                if s < len(self._user_ids):
+                    self._user_ids[s] = u
+                else:  # fresh slots come in increasing order
+                    self._user_ids.append(u)
+        self._user_slot.update(zip(ids, slots))
 
     @property
     def n_users(self) -> int:
@@ -184,7 +286,9 @@ class OnlineProfiles:
 
     @property
     def users(self) -> np.ndarray:
-        return np.asarray([u for u in self._user_ids if u in self._user_slot], dtype=object)
+        """Ids of the users with a profile, in slot order."""
+        return np.asarray([u for u in self._user_ids if u is not None and u in self._user_slot],
+                          dtype=object)
 
     # ---- updates -------------------------------------------------------------------------------
     def update(self, events: Any, columns: dict | None = None, **ingest: Any) -> UpdateResult:
@@ -194,6 +298,8 @@ class OnlineProfiles:
         Parquet path) or an ``EventLog``; ``columns`` and ``ingest`` keyword arguments go to the
         ingestion (e.g. ``ts_unit="ms"``). Invalid rows never raise: they are quarantined and
         reported in the result. Bot flagging is a population statistic and is not applied here.
+        With a privacy policy, ingestion screens with it too (screened rows are then removed
+        before they are stored anywhere); either way the result counts them by reason.
         """
         if isinstance(events, EventLog):
             log = events
@@ -201,79 +307,162 @@ class OnlineProfiles:
             ingest.setdefault("errors", "quarantine")
             ingest.setdefault("flag_bots", None)
             ingest.setdefault("event_types", self._extra_events)
+            if self.privacy is not None:
+                ingest.setdefault("privacy", self.privacy)
             log = EventLog.from_any(events, columns=columns, **ingest)
         return self.update_log(log)
 
     def update_log(self, log: EventLog) -> UpdateResult:
         """Fold the events of an :class:`~bta.events.EventLog` into the profiles."""
         with self._lock:
-            n = log.n_rows
-            slot_of_code = self._user_slots(log.users)
-            cat_of_code = np.fromiter((self._add_category(c) for c in log.categories.tolist()),
-                                      dtype=np.int64, count=len(log.categories))
-            self._ensure_events(log.event_types)
-            ev_slot, weights = event_slots(self.spec, self._event_types)
-            ev_map = np.array([self._event_types.index(e) for e in log.event_types], dtype=np.int16)
-            slots = slot_of_code[log.user]
+            screen = self._screen(log)
+            rows = screen.rows
+            user, category = log.user, log.category
+            ts, event, value = log.ts, log.event, log.value
+            if rows is not None:
+                user, category = user[rows], category[rows]
+                ts, event, value = ts[rows], event[rows], value[rows]
+            # only categories with an event that passed the screen enter the vocabulary
+            cat_of_code = np.full(len(log.categories), -1, dtype=np.int64)
+            if rows is None:
+                used_cats = range(len(log.categories))
+            else:  # bincount, not np.unique: O(n) over few distinct codes
+                seen = np.bincount(category + 1, minlength=len(log.categories) + 1)[1:]
+                used_cats = np.flatnonzero(seen).tolist()
+            names = log.categories.tolist()
+            for code in used_cats:
+                if code >= 0:
+                    cat_of_code[code] = self._add_category(names[code])
             if cat_of_code.size:
-                cats = np.where(log.category >= 0, cat_of_code[np.maximum(log.category, 0)], -1)
+                cats = np.where(category >= 0, cat_of_code[np.maximum(category, 0)], -1)
             else:  # no event of this batch has a category
-                cats = np.full(n, -1, dtype=np.int64)
-            events = ev_map[log.event]
-            n_users = len(self._user_ids)
-            old_u = self._UI.shape[0]
-            self._UI = _grow(self._UI, n_users)
-            self._UF = _grow(self._UF, n_users)
-            self._first = _grow(self._first, n_users, -1)
-            self._UB = _grow(self._UB, n_users)
-            if self._UI.shape[0] > old_u:  # fresh rows: the state user_init gives
-                self._UI[old_u:] = 0
-                self._UI[old_u:, K.U_LAST_TS] = K.NO_TIME
-                self._UI[old_u:, K.U_LAST_CONV] = K.NO_TIME
-                self._UF[old_u:] = 0.0
-            need_c = self._n_cells + n
-            self._CI = _grow(self._CI, need_c, None)
-            self._CF = _grow(self._CF, need_c, None)
-            self._cell_ev = _grow(self._cell_ev, need_c, None)
-            self._cell_cat = _grow(self._cell_cat, need_c, None)
-            self._cell_next = _grow(self._cell_next, need_c, None)
-            spec = self.spec
-            i = 0
-            applied = excluded = 0
-            while True:
-                status, i, self._n_cells, self._pool_used, a, x = OK_.update(
-                    slots, log.ts, events, cats, log.value, np.int64(i), ev_slot, weights,
-                    self._cat_flag, np.int64(len(spec.events)), spec.half_life_ms,
-                    np.int64(spec.session_gap_ms), np.int64(spec.max_session_ms),
-                    np.int64(self._max_window), np.int64(spec.bucket_ms),
-                    self._UI, self._UF, self._first, self._UB, self._CI, self._CF, self._cell_ev,
-                    self._cell_cat, self._cell_next, np.int64(self._n_cells),
-                    self._P_t, self._P_cell, self._P_n, np.int64(self._pool_used))
-                applied += a
-                excluded += x
-                if status == OK_.OK:
-                    break
-                self._grow_pool()
-            return UpdateResult(n_in=log.n_input_rows, n_applied=applied, n_excluded=excluded,
-                                n_quarantined=len(log.quarantine), quarantine=log.quarantine)
+                cats = np.full(user.shape[0], -1, dtype=np.int64)
+            # and only users with an event that will count get a slot (not those whose events
+            # were all screened out or in denied categories)
+            flags = self._cat_flag
+            if flags.size:
+                denied = (cats >= 0) & (flags[np.maximum(cats, 0)] == -2)
+            else:  # no category known yet, so none is denied
+                denied = np.zeros(cats.shape[0], dtype=bool)
+            if rows is None and not denied.any():
+                slot_of_code = self._user_slots(log.users)
+            else:
+                slot_of_code = np.full(len(log.users), -1, dtype=np.int64)
+                # rows are sorted by user code, so distinct codes are where the code changes
+                kept = user[~denied]
+                present = kept[np.flatnonzero(np.diff(kept, prepend=-1))]
+                if present.size:
+                    slot_of_code[present] = self._user_slots(log.users[present])
+            ev_slot, weights, ev_map = self._events_of(log.event_types)
+            slots = slot_of_code[user]
+            events = ev_map[event]
+            n_slots = len(self._user_ids)
+            if self._U.shape[0] < n_slots:
+                old = self._U.shape[0]
+                self._U = _grown(self._U, n_slots)
+                self._UF = _grown(self._UF, n_slots)
+                # fresh rows: the state user_init gives (the run columns stay 0: no run yet)
+                self._U[old:, K.U_LAST_TS] = K.NO_TIME
+                self._U[old:, K.U_LAST_CONV] = K.NO_TIME
+            applied, excluded = self._apply(slots, ts, events, cats, value, ev_slot, weights)
+            if applied:
+                self._latest = max(self._latest, int(ts.max()))
+                # a user's latest event is never before the earliest event of this batch
+                low = int(ts.min())
+                self._oldest = low if self._oldest == K.NO_TIME else min(self._oldest, low)
+            n_expired = 0
+            if self.retention_ms is not None and self._latest != K.NO_TIME:
+                n_expired = self._expire_before(self._latest - self.retention_ms)
+            # rows a policy removed at ingestion count like rows screened here
+            removed = getattr(log, "removed", None) or {}
+            skipped = {r: screen.counts.get(r, 0) + int(removed.get(r, 0))
+                       for r in ("opt_out", "under_age", "sensitive")}
+            n_other = sum(int(v) for r, v in removed.items() if r not in skipped)
+            return UpdateResult(n_in=log.n_input_rows - n_other, n_applied=applied,
+                                n_excluded=excluded, n_quarantined=len(log.quarantine),
+                                quarantine=log.quarantine,
+                                n_skipped_opt_out=skipped["opt_out"],
+                                n_skipped_under_age=skipped["under_age"],
+                                n_skipped_sensitive=skipped["sensitive"], n_expired=n_expired)
 
-    def _ensure_events(self, event_types: tuple[str, ...]) -> None:
+    def _screen(self, log: EventLog) -> _Screen:
+        """Rows of ``log`` the privacy policy lets into profiles (no policy: all, at no cost)."""
+        if self.privacy is None or log.n_rows == 0:
+            return _Screen()
+        from bta.privacy import SCREEN_OK, SCREEN_REASONS
+
+        names = np.empty(len(log.categories) + 1, dtype=object)  # last: no category (-1)
+        names[:-1] = log.categories
+        names[-1] = None
+        codes = self.privacy.screen_events(log.users[log.user], names[log.category])
+        counts = np.bincount(codes, minlength=len(SCREEN_REASONS))
+        if counts[SCREEN_OK] == log.n_rows:
+            return _Screen()
+        return _Screen(rows=np.flatnonzero(codes == SCREEN_OK),
+                       counts={r: int(counts[k]) for k, r in enumerate(SCREEN_REASONS) if k})
+
+    def _events_of(self, event_types: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray,
+                                                                   np.ndarray]:
+        """Spec slots and weights of the profile's event codes, and the batch's code map."""
         if self._event_types is None:
             self._event_types = tuple(event_types)
         else:
             extra = tuple(e for e in event_types if e not in self._event_types)
             self._event_types = self._event_types + extra
+        cached = self._ev_slots
+        if cached is None or cached[0] != (self._event_types, event_types):
+            ev_slot, weights = event_slots(self.spec, self._event_types)
+            ev_map = np.array([self._event_types.index(e) for e in event_types], dtype=np.int16)
+            cached = self._ev_slots = ((self._event_types, event_types), ev_slot, weights, ev_map)
+        return cached[1], cached[2], cached[3]
 
-    def _grow_pool(self) -> None:
-        live = int(self._UB[:, 1].sum())
-        n_users = len(self._user_ids)
-        size = max(2 * self._P_t.shape[0], 2 * live + 8 * n_users + 1024)
-        new_t = np.zeros(size, dtype=np.int64)
-        new_cell = np.zeros(size, dtype=np.int64)
-        new_n = np.zeros(size, dtype=np.int32)
-        self._pool_used = OK_.compact_pool(np.int64(n_users), self._UB, self._P_t, self._P_cell,
-                                           self._P_n, new_t, new_cell, new_n, np.int64(4))
-        self._P_t, self._P_cell, self._P_n = new_t, new_cell, new_n
+    def _apply(self, slots, ts, events, cats, value, ev_slot, weights) -> tuple[int, int]:
+        spec = self.spec
+        i = 0
+        applied = excluded = 0
+        stuck = None
+        while True:
+            status, i, self._c_used, self._p_used, a, x = OK_.update(
+                slots, ts, events, cats, value, np.int64(i), ev_slot, weights, self._cat_flag,
+                spec.half_life_ms, np.int64(spec.session_gap_ms), np.int64(spec.max_session_ms),
+                np.int64(self._max_window), np.int64(spec.bucket_ms), self._U, self._UF,
+                self._CK, self._CS, np.int64(self._c_used), self._P, np.int64(self._p_used))
+            applied += a
+            excluded += x
+            if status == OK_.OK:
+                return applied, excluded
+            # no progress since the last compaction (one run needs more than the free half):
+            # the pool must grow
+            force = stuck == (status, i)
+            stuck = (status, i)
+            if status == OK_.NEED_POOL:
+                self._grow_pool(force)
+            else:
+                self._grow_cells(force)
+
+    def _run_order(self, start_col: int, lc_col: int) -> np.ndarray:
+        """Slots holding a run (capacity > 0), by ascending run start."""
+        U = self._U[:len(self._user_ids)]
+        order = np.flatnonzero((U[:, lc_col] >> 32) > 0)
+        return order[np.argsort(U[order, start_col], kind="stable")]
+
+    def _grow_pool(self, force: bool = False) -> None:
+        """Called when the window-buffer pool is full: compact it in place (relocated runs
+        leave holes behind), then double it unless at least half of it is free (or ``force``).
+        In place: growing into fresh memory (page faults) cost more than the compaction."""
+        order = self._run_order(OK_.H_BSTART, OK_.H_BLC)
+        # slack 4: a compacted run takes a few more events before it moves again
+        self._p_used = OK_.compact_pool(order, self._U, self._P, np.int64(4))
+        if force or 2 * self._p_used > self._P.shape[0]:
+            self._P = _grown(self._P, 2 * self._P.shape[0])
+
+    def _grow_cells(self, force: bool = False) -> None:
+        """:meth:`_grow_pool` for the cell pool."""
+        order = self._run_order(OK_.H_CSTART, OK_.H_CLC)
+        self._c_used = OK_.compact_cells(order, self._U, self._CK, self._CS, np.int64(2))
+        if force or 2 * self._c_used > self._CK.shape[0]:
+            self._CK = _grown(self._CK, 2 * self._CK.shape[0])
+            self._CS = _grown(self._CS, 2 * self._CS.shape[0])
 
     # ---- reads ---------------------------------------------------------------------------------
     def features(self, as_of: Any = None, users: Iterable[Any] | None = None) -> FeatureMatrix:
@@ -290,7 +479,8 @@ class OnlineProfiles:
                 ids = list(users)
             slots = np.array([self._user_slot.get(u, -1) for u in ids], dtype=np.int64)
             known = slots[slots >= 0]
-            latest = int(self._UI[known, K.U_LAST_TS].max()) if known.size else 0
+            U = self._U
+            latest = int(U[known, K.U_LAST_TS].max()) if known.size else 0
             as_of_ms = latest if as_of is None else to_epoch_ms(as_of, "as_of")
             if known.size and as_of_ms < latest:
                 raise ConfigError(
@@ -302,7 +492,7 @@ class OnlineProfiles:
                               shape=(len(ids), len(layout.feature_names)))
             X.has_sorted_indices = True
             if users is None:
-                keep = self._UI[slots, K.U_N_EVENTS] > 0
+                keep = U[slots, K.U_N_EVENTS] > 0
                 X = X[keep]
                 ids = [u for u, k in zip(ids, keep) if k]
             if self.spec.dtype == "float32":
@@ -311,17 +501,24 @@ class OnlineProfiles:
                 X=X, feature_names=layout.feature_names, users=np.asarray(ids),
                 as_of=pd.Timestamp(as_of_ms, unit="ms", tz="UTC"), spec=self.spec,
                 nan_absent=layout.nan_absent,
-                n_events=int(self._UI[known, K.U_N_EVENTS].sum()))
+                n_events=int(U[known, K.U_N_EVENTS].sum()))
 
     @property
     def layout(self):
-        """Column layout of the features (see :func:`bta.features.matrix.layout_for`)."""
+        """Column layout of the features (see :func:`bta.features.matrix.layout_for`).
+
+        Categories the privacy policy blocks count as denied: they never get a column."""
         n = len(self._cats)
         if self._layout_cache is None or self._layout_cache[0] != n:
+            blocked = tuple(c for c, f in zip(self._cats, self._cat_flag.tolist())
+                            if f == -2 and c not in self._deny)
+            spec = self.spec
+            if blocked:
+                spec = replace(spec, deny_categories=tuple(spec.deny_categories) + blocked)
             if self._grow_categories:
-                layout = layout_for(self.spec, self._cats)
+                layout = layout_for(spec, self._cats)
             else:
-                base = layout_for(self.spec, self._fixed_categories)
+                base = layout_for(spec, self._fixed_categories)
                 extra = np.where(self._cat_flag[len(self._fixed_categories):] == -2, -2, -1)
                 layout = replace(base, cat_slot=np.concatenate([base.cat_slot, extra]))
             self._layout_cache = (n, layout)
@@ -334,67 +531,129 @@ class OnlineProfiles:
     def vector(self, user_id: Any, as_of_ms: int | None = None):
         """One user's stored feature entries ``(indices int32, values float64)``, or None.
 
-        For serving: no pandas, allocations of the user's own size only. ``as_of_ms`` (epoch
-        ms) earlier than the user's latest event is raised to it.
+        For serving: no pandas, allocations of the user's own size only, and no exception on
+        request data. ``as_of_ms`` (epoch ms) earlier than the user's latest event is raised to
+        it, one beyond the int64 range lowered to its maximum; one that is not an integer time
+        (NaN, text) reads no profile (None).
         """
-        s = self._user_slot.get(user_id)
+        try:
+            s = self._user_slot.get(user_id)
+        except TypeError:  # an unhashable id from a request: unknown, never an error
+            return None
         if s is None:
             return None
         with self._lock:
-            if self._UI[s, K.U_N_EVENTS] == 0:
-                return None
-            last = int(self._UI[s, K.U_LAST_TS])
-            t = last if as_of_ms is None or as_of_ms < last else int(as_of_ms)
+            if self._user_slot.get(user_id) != s or self._U[s, K.U_N_EVENTS] == 0:
+                return None  # erased meanwhile, or no counted event
+            last = int(self._U[s, K.U_LAST_TS])
+            t = last
+            if as_of_ms is not None:
+                try:
+                    t = max(last, min(int(as_of_ms), _INT64_MAX))
+                except (TypeError, ValueError, OverflowError):
+                    return None
             layout = self.layout
             spec = self.spec
             return OK_.emit_one(
                 np.int64(s), np.int64(t), layout.cat_slot, np.int64(layout.n_cat),
                 np.int64(layout.pv_slot), spec.windows_ms, np.int64(spec.bucket_ms),
                 spec.half_life_ms, spec.ctr_prior[0], spec.ctr_prior[1], spec.user_features,
-                np.int64(len(spec.events)), self._UI, self._UF, self._first, self._UB, self._CI,
-                self._CF, self._cell_ev, self._cell_cat, self._cell_next, self._P_t,
-                self._P_cell, self._P_n)
+                np.int64(len(spec.events)), self._U, self._UF, self._CK, self._CS, self._P)
 
     def _emit(self, slots: np.ndarray, as_of_ms: int):
         layout = self.layout
         spec = self.spec
-        max_cells = OK_.cells_per_user(np.int64(len(self._user_ids)), self._first,
-                                       self._cell_next)
         indptr, indices, data = OK_.emit(
             slots, np.int64(as_of_ms), layout.cat_slot, np.int64(layout.n_cat),
             np.int64(layout.pv_slot), spec.windows_ms, np.int64(spec.bucket_ms),
             spec.half_life_ms, spec.ctr_prior[0], spec.ctr_prior[1], spec.user_features,
-            np.int64(len(spec.events)),
-            self._UI, self._UF, self._first, self._UB, self._CI, self._CF, self._cell_ev,
-            self._cell_cat, self._cell_next, self._P_t, self._P_cell, self._P_n,
-            np.int64(self._n_cells), np.int64(max_cells))
+            np.int64(len(spec.events)), self._U, self._UF, self._CK, self._CS, self._P)
         return indptr, indices, data, layout
 
     def last_event_time(self, user_id: Any) -> pd.Timestamp | None:
         """Time of the user's latest event, or None for an unknown user."""
         s = self._user_slot.get(user_id)
-        if s is None or self._UI[s, K.U_N_EVENTS] == 0:
+        if s is None or self._U[s, K.U_N_EVENTS] == 0:
             return None
-        return pd.Timestamp(int(self._UI[s, K.U_LAST_TS]), unit="ms", tz="UTC")
+        return pd.Timestamp(int(self._U[s, K.U_LAST_TS]), unit="ms", tz="UTC")
 
     # ---- privacy -------------------------------------------------------------------------------
     def erase(self, user_id: Any) -> bool:
-        """Remove everything kept about ``user_id``; returns whether the user was known."""
+        """Remove everything kept about ``user_id``; returns whether the user was known.
+
+        The user's state row returns to the initial state, their cells and window-buffer
+        entries are zeroed and their slot goes to the next new user. Use it when a user opts
+        out after having a profile: with a privacy policy, later events of an opted-out user
+        are skipped, but only ``erase`` removes what was already folded in.
+        """
         with self._lock:
-            s = self._user_slot.pop(user_id, None)
+            s = self._user_slot.get(user_id)
             if s is None:
                 return False
-            if self._int_slots is not None and isinstance(user_id, (int, np.integer)):
-                self._int_slots.pop(int(user_id), None)
-            OK_.erase_user(np.int64(s), self._UI, self._UF, self._first, self._UB, self._CI,
-                           self._CF, self._cell_ev, self._cell_cat, self._cell_next)
-            self._user_ids[s] = None
+            self._forget([user_id], np.array([s], dtype=np.int64))
             return True
 
+    def expire(self, older_than: Any, as_of: Any = None) -> int:
+        """Forget every user whose latest event is older than ``as_of - older_than``.
+
+        Parameters
+        ----------
+        older_than : int, str, pandas.Timedelta or datetime.timedelta
+            Retention period; an integer is milliseconds (``"90d"``, ``pd.Timedelta(days=90)``).
+        as_of : datetime-like, optional
+            The present; default the latest event seen. Pass the wall clock
+            (``pd.Timestamp.now(tz="UTC")``) when events may stop arriving.
+
+        Returns
+        -------
+        int
+            Number of users forgotten, each exactly as :meth:`erase` does.
+
+        Notes
+        -----
+        A user is kept when ``latest_event >= as_of - older_than``. The result equals profiles
+        rebuilt from the kept users' events only.
+        """
+        ms = _duration_ms(older_than, "older_than")
+        with self._lock:
+            now = self._latest if as_of is None else to_epoch_ms(as_of, "as_of")
+            if now == K.NO_TIME:
+                return 0
+            return self._expire_before(now - ms)
+
+    def _expire_before(self, cutoff: int) -> int:
+        if self._oldest == K.NO_TIME or self._oldest >= cutoff:
+            return 0  # no user's latest event can be that old: skip the sweep
+        slots, oldest = OK_.expired_slots(np.int64(len(self._user_ids)), self._U,
+                                          np.int64(cutoff))
+        self._oldest = int(oldest) if oldest != np.iinfo(np.int64).max else K.NO_TIME
+        if slots.size:
+            self._forget([self._user_ids[s] for s in slots.tolist()], slots)
+        return int(slots.size)
+
+    def _forget(self, ids: list, slots: np.ndarray) -> None:
+        OK_.erase_users(slots, self._U, self._UF, self._CK, self._CS, self._P)
+        if self._int_ids:
+            OK_.hash_delete(np.asarray(ids).astype(np.int64), self._hkeys, self._hvals)
+        for u, s in zip(ids, slots.tolist()):
+            del self._user_slot[u]
+            self._user_ids[s] = None
+        need = self._n_free + slots.shape[0]
+        if need > self._free.shape[0]:
+            grown = np.zeros(max(need, 2 * self._free.shape[0]), dtype=np.int64)
+            grown[:self._n_free] = self._free[:self._n_free]
+            self._free = grown
+        self._free[self._n_free:need] = slots
+        self._n_free = need
+
+    def window_entries(self) -> int:
+        """Live window-buffer entries over all users (bounded in bucketed mode, see Notes)."""
+        with self._lock:
+            return int((self._U[:len(self._user_ids), OK_.H_BLC] & _LO).sum())
+
     def memory_bytes(self) -> int:
-        """Bytes held by the NumPy state tables and the window-buffer pool (ids excluded)."""
-        arrays = (self._UI, self._UF, self._first, self._UB, self._CI, self._CF, self._cell_ev,
-                  self._cell_cat, self._cell_next, self._P_t, self._P_cell, self._P_n)
+        """Bytes held by the NumPy state tables and the two pools (ids excluded)."""
+        arrays = (self._U, self._UF, self._CK, self._CS, self._P)
         return int(sum(a.nbytes for a in arrays))
 
     def warmup(self) -> "OnlineProfiles":
@@ -406,6 +665,7 @@ class OnlineProfiles:
                                  "category": ["a", "a"], "value": [0.0, 1.0]}), ts_unit="ms")
         tmp.features()
         tmp.vector(0)
+        tmp.expire(1, as_of=t0 + 2000)
         return self
 
 
