@@ -70,14 +70,18 @@ def _book(users, seed: int = 3, names=("travelers", "autos_fans", "tiny")) -> Se
     return SegmentBook.from_segments(users, segs, min_audience=5)
 
 
-@pytest.fixture(scope="module")
-def world():
+def make_world():
     spec = FeatureSpec(windows=("1d", "7d"), events=("page_view", "ad_click"))
     prof = OnlineProfiles(spec, categories=CATEGORIES, grow_categories=False)
     prof.update(_events(), ts_unit="ms")
     book = _book(np.arange(N_USERS))
     store = MemoryProfileStore(prof, book)
     return {"store": store, "book": book, "profiles": prof}
+
+
+@pytest.fixture(scope="module")
+def world():
+    return make_world()
 
 
 HOUSE = Campaign("house", (Creative("house-1"), Creative("house-2")), bid=0.1)
@@ -572,6 +576,12 @@ def _cfg_cases():
          "time_budget_ms must be a finite number > 0, got nan"),
         (dict(campaigns=[ok], fallback=house, policy="greedy"),
          "policy must be a policy (Greedy, EpsilonGreedy, Softmax, Uniform), got 'greedy'"),
+        (dict(campaigns=[ok], fallback=house, count_on="auction"),
+         "count_on must be 'decision' or 'win', got 'auction'"),
+        (dict(campaigns=[ok], fallback=house, count_on="win", pending_ttl_s=0),
+         "pending_ttl_s must be a finite number > 0, got 0"),
+        (dict(campaigns=[ok], fallback=house, count_on="win", max_pending=0),
+         "max_pending must be an integer >= 1, got 0"),
     ]
 
 
@@ -595,6 +605,18 @@ def test_misconfiguration_errors(world):
     (dict(start=T0 + 1, end=T0), "campaign 'a': end must be after start"),
     (dict(creatives=()),
      "campaign 'a': creatives must be a non-empty sequence of Creative, got ()"),
+    (dict(context={"weather": "sunny"}),
+     "campaign 'a': context field 'weather' is not one of ['page_category', 'slot', 'site', "
+     "'app', 'device_type', 'country', 'language']"),
+    (dict(context={"slot": []}),
+     "campaign 'a': context['slot'] must be a non-empty string or a non-empty collection of "
+     "non-empty strings, got []"),
+    (dict(context={"page_category": ["IAB1", 3]}),
+     "campaign 'a': context['page_category'] must be a non-empty string or a non-empty "
+     "collection of non-empty strings, got ['IAB1', 3]"),
+    (dict(context="IAB1"),
+     "campaign 'a': context must be None or a non-empty mapping of context field to accepted "
+     "values, got 'IAB1'"),
 ])
 def test_campaign_errors(kw, message):
     kw.setdefault("creatives", (Creative("a-1"),))
@@ -942,3 +964,174 @@ def test_reordered_book_before_swap_never_mistargets(world):
                                              min_audience=5))
     # the request lands before engine.swap(): it must not read b's flag as a's
     assert eng.decide({"user_id": user, "ts": T0}).campaign_id == "ron"
+
+
+# ---- context targeting -------------------------------------------------------------------------
+CTX_SPORTS = Campaign("ctx-sports", (Creative("cs-1"),), bid=4.0,
+                      context={"page_category": ["sports", "IAB17"], "slot": "top"})
+CTX_AUTOS = Campaign("ctx-autos", (Creative("ca-1"),), bid=6.0,
+                     targeting="count:page_view:autos:7d >= 1", context={"page_category": "autos"})
+RON = Campaign("ron", (Creative("ron-1"),), bid=1.0)
+
+
+def _ctx_expected(page, slot) -> set[str]:
+    """Contextual campaigns whose targeting the (page, slot) context meets, by hand."""
+    pages = set(page) if isinstance(page, list) else {page}
+    out = set()
+    if pages & {"sports", "IAB17"} and slot == "top":
+        out.add("ctx-sports")
+    if "autos" in pages:
+        out.add("ctx-autos")
+    return out
+
+
+@pytest.mark.parametrize("arms", [ALL_TARGETED, Experiment({"control": 1.0, "t": 0.0})],
+                         ids=["targeted", "control"])
+def test_context_targeting_in_both_paths(world, arms):
+    eng = engine_for(world, [CTX_SPORTS, CTX_AUTOS, RON], experiment=arms,
+                     policy=Greedy(), untargeted_policy=Greedy())
+    store = world["store"]
+    autos_col = list(store.feature_names).index("count:page_view:autos:7d")
+    for user in range(N_USERS):
+        p = store.get(user, T0)
+        likes_autos = p is not None and any(j == autos_col and v >= 1 for j, v in
+                                            zip(p.indices.tolist(), p.values.tolist()))
+        for page in (None, "sports", "IAB17", "autos", ["travel", "autos"], "travel"):
+            for slot in (None, "top", "side"):
+                ctx = {k: v for k, v in (("page_category", page), ("slot", slot)) if v}
+                d = eng.decide(Request(user_id=user, ts=T0, request_id=f"{user}{page}{slot}",
+                                       context=ctx))
+                want = _ctx_expected(page, slot)
+                if arms is not ALL_TARGETED or not likes_autos:
+                    want.discard("ctx-autos")  # behaviourally targeted: never untargeted
+                # greedy: the highest bid among the eligible ones
+                best = max(want, key=lambda c: {"ctx-sports": 4.0, "ctx-autos": 6.0}[c],
+                           default="ron")
+                assert d.campaign_id == best, (user, page, slot, d)
+                assert d.n_eligible == len(want) + 1
+                # top-level keys of a mapping request are context too, and win over "context"
+                m = eng.decide({"user_id": user, "ts": T0, "request_id": f"m{user}{page}{slot}",
+                                "context": {"page_category": "nothing"}, **ctx})
+                assert m.campaign_id == best
+
+
+def test_malformed_context_is_ignored_or_a_bad_request(world):
+    eng = engine_for(world, [CTX_SPORTS, RON], experiment=Experiment({"control": 1.0}),
+                     untargeted_policy=Greedy())
+    # a field value that is not text: the field reads as absent (the campaign does not match)
+    for junk in ({"page_category": 3.5, "slot": "top"}, {"page_category": [None], "slot": "top"},
+                 {"page_category": ["sports"] * 65, "slot": "top"}):
+        d = eng.decide({"user_id": 1, "ts": T0, "context": junk})
+        assert (d.campaign_id, d.n_eligible) == ("ron", 1)
+    assert eng.decide({"user_id": 1, "ts": T0, "context": "sports"}).reason == \
+        "fallback:bad_request"
+    assert eng.decide({"user_id": 1, "ts": T0, "page_category": ("sports",),
+                       "slot": "top"}).campaign_id == "ctx-sports"
+
+
+# ---- a profile carried by the request ------------------------------------------------------------
+def test_request_profile_replaces_the_store(world):
+    campaigns = [c for c, _ in SEQ_CAMPAIGNS]
+    store = world["store"]
+    names = store.feature_names
+    eng = engine_for(world, campaigns, policy=Greedy())
+    for user in range(0, N_USERS, 3):
+        p = store.get(user, T0)
+        if p is None:
+            continue
+        want = eng.decide(Request(user_id=user, ts=T0, request_id=f"r{user}"))
+        segs = [store.segment_names[j] for j in np.flatnonzero(p.segments)]
+        as_map = {names[j]: v for j, v in zip(p.indices.tolist(), p.values.tolist())}
+        for carried in (p, {**as_map, "segments": segs}):
+            # an unknown user id: only the request's profile can make this targeted
+            got = eng.decide(Request(user_id=f"nobody-{user}", ts=T0, request_id=f"r{user}",
+                                     profile=carried))
+            assert (got.campaign_id, got.creative_id, got.reason, got.score, got.n_eligible) \
+                == (want.campaign_id, want.creative_id, want.reason, want.score,
+                    want.n_eligible)
+
+
+@pytest.mark.parametrize("profile", [
+    {"no:such:feature": 1.0},
+    {"ctr:smoothed": math.nan},
+    {"ctr:smoothed": "high"},
+    {"ctr:smoothed": True},
+    {"segments": ["no such segment"]},
+    {"segments": "travelers"},
+    Profile(np.array([10_000], dtype=np.int32), np.array([1.0]), np.zeros(3, dtype=bool)),
+    Profile(np.array([0, 1]), np.array([1.0]), np.zeros(3, dtype=bool)),
+    Profile(np.array([0]), np.array([1.0]), np.zeros(2, dtype=bool)),
+    Profile(np.array([0.5]), np.array([1.0]), np.zeros(3, dtype=bool)),
+    42,
+])
+def test_malformed_request_profile_falls_back(world, profile):
+    eng = engine_for(world, [c for c, _ in SEQ_CAMPAIGNS])
+    d = eng.decide({"user_id": 3, "ts": T0, "profile": profile})
+    assert (d.reason, d.targeted) == ("fallback:bad_profile", False)
+    # the privacy gate comes first: an opted-out user is never profiled, carried or not
+    d = eng.decide({"user_id": 3, "ts": T0, "profile": profile, "consent": {"opt_out": True}})
+    assert d.reason == "fallback:opt_out"
+
+
+# ---- win notices ---------------------------------------------------------------------------------
+def _win_engine(world, **kw):
+    capped = Campaign("capped", (Creative("cap-1"),), bid=5.0,
+                      caps=(FrequencyCap(2, "1d", "campaign"),))
+    return engine_for(world, [capped, RON], count_on="win", policy=Greedy(),
+                      untargeted_policy=Greedy(), **kw)
+
+
+def test_win_notices_count_spend_and_caps(world):
+    eng = _win_engine(world)
+    # bids that lose never count: the capped campaign keeps winning the decision
+    for i in range(5):
+        d = eng.decide({"user_id": 1, "ts": T0 + i, "request_id": f"lost-{i}"})
+        assert d.campaign_id == "capped"
+        assert eng.notify_loss(f"lost-{i}")
+    assert eng.spend() == {} and eng.n_pending == 0
+    assert not eng.notify_loss("lost-0") and not eng.notify_win("lost-0")
+    # two wins reach the cap of 2 a day; the clearing price is what is spent
+    for i, price in enumerate((3.0, None)):
+        d = eng.decide({"user_id": 1, "ts": T0 + 10 + i, "request_id": f"won-{i}"})
+        assert d.campaign_id == "capped"
+        assert eng.notify_win(f"won-{i}", price=price)
+    assert eng.spend() == pytest.approx({"capped": (3.0 + 5.0) / 1000.0})
+    assert eng.decide({"user_id": 1, "ts": T0 + 20}).campaign_id == "ron"
+    assert eng.decide({"user_id": 2, "ts": T0 + 20}).campaign_id == "capped"
+    # a price that is not a number is exchange data: logged, and the decision's price counts
+    d = eng.decide({"user_id": 3, "ts": T0, "request_id": "odd-price"})
+    assert eng.notify_win("odd-price", price=math.nan)
+    assert eng.spend()["capped"] == pytest.approx((3.0 + 5.0 + 5.0) / 1000.0)
+    assert not eng.notify_win(12345)
+
+
+def test_pending_decisions_expire_and_are_bounded(world):
+    eng = _win_engine(world, pending_ttl_s=0.2, max_pending=3)
+    for i in range(5):
+        eng.decide({"user_id": i, "ts": T0, "request_id": f"p-{i}"})
+    assert eng.n_pending == 3 and eng.n_expired == 2  # the two oldest made room
+    assert not eng.notify_win("p-0") and eng.notify_win("p-4")
+    time.sleep(0.3)
+    assert eng.n_pending == 0 and eng.n_expired == 4
+    assert not eng.notify_win("p-3")
+    assert eng.spend() == {"capped": 5.0 / 1000.0}
+
+
+def test_win_notices_from_many_threads(world):
+    eng = _win_engine(world, max_pending=10_000)
+    n = 2_000
+    for i in range(n):
+        eng.decide({"user_id": 1_000 + i, "ts": T0, "request_id": f"t-{i}"})
+    results = []
+
+    def notify(part):
+        # every id notified twice, from different threads: each is counted once
+        results.append(sum(eng.notify_win(f"t-{i}") for i in part))
+
+    threads = [threading.Thread(target=notify, args=(range(k % 4, n, 4),)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(results) == n and eng.n_pending == 0
+    assert eng.spend() == pytest.approx({"capped": n * 5.0 / 1000.0}, rel=1e-12)

@@ -19,6 +19,7 @@ from bta.serve.campaigns import Campaign, Creative
 from bta.serve.engine import REASONS, Engine
 from bta.serve.experiment import Experiment
 from bta.serve.openrtb import NBR_INVALID_REQUEST, decide_openrtb, user_data
+from bta.serve.policy import Greedy
 from bta.serve.store import MemoryProfileStore
 
 DAY = 86_400_000
@@ -299,3 +300,36 @@ def test_user_data_renders_activatable_segments(world):
     assert all(s["name"] != "tiny" for d in user_data(book, "u0") for s in d["segment"])
     assert user_data(book, "u9") == []
     assert user_data(book, "nobody") == []
+
+
+def test_context_reaches_the_engine(world):
+    """Content categories, site, country and each impression's tag id are request context."""
+    from bta.serve.openrtb import _context
+
+    req = bid_request(device={"geo": {"country": "DEU"}})
+    assert _context(req) == {"page_category": ["IAB2", "IAB2-3"], "site": "s",
+                             "country": "DEU"}
+    app_req = bid_request(site=None, app={"bundle": "com.x", "content": {"cat": ["IAB9"]}})
+    assert _context(app_req) == {"page_category": ["IAB9"], "app": "com.x"}
+    # junk categories are dropped, and at most 64 are passed on
+    assert _context({"site": {"cat": ["", 3, "IAB1"] + [f"c{i}" for i in range(80)]}}) == {
+        "page_category": ["IAB1"] + [f"c{i}" for i in range(63)]}
+
+    ctx_campaign = Campaign("ctx", (Creative("ctx-1"),), bid=8.0,
+                            context={"page_category": "IAB2-3", "slot": "top"})
+    de_only = Campaign("de", (Creative("de-1"),), bid=7.0, context={"country": "DEU"})
+    eng = Engine([*world["campaigns"], ctx_campaign, de_only], fallback=world["house"],
+                 store=world["store"], experiment=Experiment({"control": 1.0}),
+                 untargeted_policy=Greedy(), time_budget_ms=1000.0).warmup()
+    resp = decide_openrtb(eng, bid_request(imp=[{"id": "1", "tagid": "top"},
+                                                {"id": "2", "tagid": "side"},
+                                                {"id": "3"}]), now_ms=T0)
+    got = {b["impid"]: b["cid"] for b in resp["seatbid"][0]["bid"]}
+    # control arm (untargeted): a contextual campaign still serves where its context matches
+    assert got == {"1": "ctx", "2": "ron", "3": "ron"}
+    resp = decide_openrtb(eng, bid_request(imp=[{"id": "1", "tagid": "side"}],
+                                           device={"geo": {"country": "DEU"}}), now_ms=T0)
+    assert only_bid(resp)["cid"] == "de"
+    resp = decide_openrtb(eng, bid_request(imp=[{"id": "1", "tagid": "top"}],
+                                           site={"cat": ["IAB1"]}), now_ms=T0)
+    assert only_bid(resp)["cid"] == "ron"

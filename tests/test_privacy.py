@@ -491,8 +491,6 @@ def test_policy_erase_keeps_suppression_lists():
     assert "u" in p.opt_outs and "u" in p.minors
 
 
-@pytest.mark.xfail(strict=True, reason="Engine.erase forgets frequency history but keeps the "
-                                       "user's decisions pending a win notice (engine.py)")
 def test_engine_erase_drops_pending_decisions():
     from bta.features import FeatureSpec, OnlineProfiles
     from bta.serve.campaigns import Campaign, Creative
@@ -530,3 +528,26 @@ def test_policy_and_registries_pickle_with_their_contents():
     assert back.sensitive_opt_ins.categories("u2") == frozenset({"health"})
     back.opt_outs.add("u3")  # the copy has a working lock of its own
     assert "u3" in back.opt_outs and "u3" not in pol.opt_outs
+
+
+def test_engine_targeting_follows_the_engines_policy():
+    # a campaign on a sensitive category is refused by default and accepted when the Engine's
+    # policy allows the category (profiles then hold it only for users who opted in)
+    from bta.errors import ConfigError
+    from bta.features import FeatureSpec, OnlineProfiles
+    from bta.privacy import PrivacyPolicy
+    from bta.serve.campaigns import Campaign, Creative
+    from bta.serve.engine import Engine
+    from bta.serve.store import MemoryProfileStore
+
+    spec = FeatureSpec(windows=("1d",), events=("page_view",))
+    allow = PrivacyPolicy(allowed_sensitive={"health"}, sensitive_opt_ins=[("u", "health")])
+    prof = OnlineProfiles(spec, categories=("autos", "health"), grow_categories=False,
+                          privacy=allow)
+    camp = [Campaign("c", (Creative("c-1", "health"),),
+                     targeting="count:page_view:health:1d >= 1", bid=1.0)]
+    house = Campaign("h", (Creative("h-1"),), bid=0.1)
+    store = MemoryProfileStore(prof)
+    with pytest.raises(ConfigError, match="blocked \\(sensitive\\) category 'health'"):
+        Engine(camp, fallback=house, store=store)
+    Engine(camp, fallback=house, store=store, privacy=allow)

@@ -1,8 +1,13 @@
 """Serving: per ad request, the creative to show, targeted or untargeted, fast and never failing.
 
 - :class:`Engine` — campaigns, experiments, privacy gate, eligibility, scoring, choice with
-  propensities; ``decide`` / ``decide_batch`` / ``swap`` / ``warmup``.
-- :class:`Campaign`, :class:`Creative`, :class:`FrequencyCap` — what can be shown and how.
+  propensities; ``decide`` / ``decide_batch`` (a vectorized replay equal to a loop of
+  ``decide``) / ``swap`` / ``warmup``; ``count_on="win"`` with ``notify_win`` /
+  ``notify_loss`` for auctions, where spend and caps count only won impressions.
+- :class:`Request` — user id, time, request id, context (:data:`CONTEXT_FIELDS`), consent, and
+  optionally the user's profile.
+- :class:`Campaign`, :class:`Creative`, :class:`FrequencyCap` — what can be shown and how,
+  including behavioural (``targeting``) and contextual (``context``) targeting.
 - :class:`Experiment` and the policies :class:`Greedy`, :class:`EpsilonGreedy`,
   :class:`Softmax`, :class:`Uniform`.
 - Profile stores: :class:`MemoryProfileStore` (in-process) and :class:`RedisProfileStore`
@@ -13,7 +18,7 @@
 """
 
 from bta.scoring import LinearScorer, TreeScorer
-from bta.serve.campaigns import Campaign, Creative, FrequencyCap
+from bta.serve.campaigns import CONTEXT_FIELDS, Campaign, Creative, FrequencyCap
 from bta.serve.engine import REASONS, Decision, Engine, Request
 from bta.serve.experiment import Experiment
 from bta.serve.log import DecisionLog, join_outcomes
@@ -24,7 +29,7 @@ from bta.serve.store import MemoryProfileStore, Profile, ProfileStore
 
 __all__ = [
     "Engine", "Request", "Decision", "REASONS",
-    "Campaign", "Creative", "FrequencyCap", "Experiment",
+    "Campaign", "Creative", "FrequencyCap", "CONTEXT_FIELDS", "Experiment",
     "Greedy", "EpsilonGreedy", "Softmax", "Uniform",
     "Profile", "ProfileStore", "MemoryProfileStore", "RedisProfileStore",
     "decide_openrtb", "user_data", "DecisionLog", "join_outcomes",

@@ -1,13 +1,16 @@
-"""Serving kernels: all campaign targeting rules of an Engine evaluated for one user at once."""
+"""Serving kernels: targeting rules for one user or many, BLAKE2b hashing of many keys, the
+choice policies, and the sequential pass of a replay (budgets, pacing, caps, choice)."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from bta._jit import serving_jit
+from bta._jit import exact_jit, serving_jit
 from bta.segment._rule_kernels import run_code
 
-__all__ = ["eval_rules"]
+__all__ = ["eval_rules", "eval_rules_batch", "hash_units", "softmax_choose", "replay"]
 
 
 @serving_jit()
@@ -54,5 +57,363 @@ def eval_rules(code, code_off, consts, consts_off, columns, col_off, nan_absent,
         for k in range(s0, seg_off[r + 1]):
             m = seg_map[k]
             flags[k - s0] = m >= 0 and user_segments[m]
-        out[r] = run_code(code[code_off[r]:code_off[r + 1]], consts[consts_off[r]:consts_off[r + 1]],
-                          local[:n_slots], flags, stack)
+        out[r] = run_code(code[code_off[r]:code_off[r + 1]],
+                          consts[consts_off[r]:consts_off[r + 1]], local[:n_slots], flags, stack)
+
+
+@serving_jit()
+def eval_rules_batch(code, code_off, consts, consts_off, columns, col_off, nan_absent, seg_map,
+                     seg_off, stack_sizes, segments, indptr, indices, values, n_features, out):
+    """:func:`eval_rules` for many profiles: ``out[p, r]`` = rule ``r`` on profile ``p``.
+
+    Profile ``p`` owns ``indices[indptr[p]:indptr[p+1]]`` (and the same ``values``) and segment
+    flags ``segments[p]``. Each row goes through :func:`eval_rules` itself, so a replay
+    evaluates targeting exactly as a request does.
+    """
+    for p in range(out.shape[0]):
+        a = indptr[p]
+        b = indptr[p + 1]
+        eval_rules(code, code_off, consts, consts_off, columns, col_off, nan_absent, seg_map,
+                   seg_off, stack_sizes, segments[p], indices[a:b], values[a:b], n_features,
+                   out[p])
+
+
+# ---- BLAKE2b-64: hash_unit for many keys at once ----------------------------------------------
+_IV = np.array([0x6A09E667F3BCC908, 0xBB67AE8584CAA73B, 0x3C6EF372FE94F82B,
+                0xA54FF53A5F1D36F1, 0x510E527FADE682D1, 0x9B05688C2B3E6C1F,
+                0x1F83D9ABFB41BD6B, 0x5BE0CD19137E2179], dtype=np.uint64)
+_SIGMA = np.array([
+    [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15],
+    [14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3],
+    [11, 8, 12, 0, 5, 2, 15, 13, 10, 14, 3, 6, 7, 1, 9, 4],
+    [7, 9, 3, 1, 13, 12, 11, 14, 2, 6, 5, 10, 4, 0, 15, 8],
+    [9, 0, 5, 7, 2, 4, 10, 15, 14, 1, 11, 12, 6, 8, 3, 13],
+    [2, 12, 6, 10, 0, 11, 8, 3, 4, 13, 7, 5, 15, 14, 1, 9],
+    [12, 5, 1, 15, 14, 13, 4, 10, 0, 7, 6, 3, 9, 2, 8, 11],
+    [13, 11, 7, 14, 12, 1, 3, 9, 5, 0, 15, 4, 8, 6, 2, 10],
+    [6, 15, 14, 9, 11, 3, 0, 8, 12, 2, 13, 7, 1, 4, 10, 5],
+    [10, 2, 8, 4, 7, 6, 1, 5, 15, 11, 9, 14, 3, 12, 13, 0],
+], dtype=np.int64)
+#: parameter block of an unkeyed BLAKE2b with an 8-byte digest: 0x0101kknn, nn = 8, kk = 0
+_P0 = np.uint64(0x01010008)
+
+
+@exact_jit()
+def _g(a, b, c, d, x, y):
+    """The BLAKE2b mixing function G (RFC 7693, 3.1): rotations 32, 24, 16, 63."""
+    a = a + b + x
+    d ^= a
+    d = (d >> np.uint64(32)) | (d << np.uint64(32))
+    c = c + d
+    b ^= c
+    b = (b >> np.uint64(24)) | (b << np.uint64(40))
+    a = a + b + y
+    d ^= a
+    d = (d >> np.uint64(16)) | (d << np.uint64(48))
+    c = c + d
+    b ^= c
+    b = (b >> np.uint64(63)) | (b << np.uint64(1))
+    return a, b, c, d
+
+
+@exact_jit()
+def _compress(h, block, t, last, m):
+    for i in range(16):
+        w = np.uint64(0)
+        for b in range(8):
+            w |= np.uint64(block[8 * i + b]) << np.uint64(8 * b)
+        m[i] = w
+    # the working vector in sixteen locals, so that the rounds run in registers
+    v0, v1, v2, v3, v4, v5, v6, v7 = h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]
+    v8, v9, v10, v11 = _IV[0], _IV[1], _IV[2], _IV[3]
+    v12 = _IV[4] ^ np.uint64(t)  # messages here are far below 2**64 bytes: high counter 0
+    v13 = _IV[5]
+    v14 = ~_IV[6] if last else _IV[6]
+    v15 = _IV[7]
+    for r in range(12):
+        s = _SIGMA[r % 10]
+        v0, v4, v8, v12 = _g(v0, v4, v8, v12, m[s[0]], m[s[1]])
+        v1, v5, v9, v13 = _g(v1, v5, v9, v13, m[s[2]], m[s[3]])
+        v2, v6, v10, v14 = _g(v2, v6, v10, v14, m[s[4]], m[s[5]])
+        v3, v7, v11, v15 = _g(v3, v7, v11, v15, m[s[6]], m[s[7]])
+        v0, v5, v10, v15 = _g(v0, v5, v10, v15, m[s[8]], m[s[9]])
+        v1, v6, v11, v12 = _g(v1, v6, v11, v12, m[s[10]], m[s[11]])
+        v2, v7, v8, v13 = _g(v2, v7, v8, v13, m[s[12]], m[s[13]])
+        v3, v4, v9, v14 = _g(v3, v4, v9, v14, m[s[14]], m[s[15]])
+    h[0] ^= v0 ^ v8
+    h[1] ^= v1 ^ v9
+    h[2] ^= v2 ^ v10
+    h[3] ^= v3 ^ v11
+    h[4] ^= v4 ^ v12
+    h[5] ^= v5 ^ v13
+    h[6] ^= v6 ^ v14
+    h[7] ^= v7 ^ v15
+
+
+@exact_jit()
+def _hash_one(prefix, data, a, b, h, m, block):
+    """hash_unit(prefix + data[a:b]); ``h``, ``m``, ``block`` are scratch arrays."""
+    n_pre = prefix.shape[0]
+    n = n_pre + (b - a)
+    h[:] = _IV
+    h[0] ^= _P0
+    done = 0
+    fill = 0
+    # every full block but the last is compressed as soon as the next byte arrives
+    for j in range(n):
+        if fill == 128:
+            done += 128
+            _compress(h, block, done, False, m)
+            fill = 0
+        block[fill] = prefix[j] if j < n_pre else data[a + j - n_pre]
+        fill += 1
+    block[fill:] = 0
+    _compress(h, block, done + fill, True, m)
+    return np.float64(h[0]) / 18446744073709551616.0  # / 2**64
+
+
+@exact_jit()
+def hash_units(prefix, data, offsets, out):
+    """``out[i] = hash_unit(prefix + data[offsets[i]:offsets[i+1]])`` (UTF-8 bytes).
+
+    The same BLAKE2b (RFC 7693, 8-byte digest, no key) as :func:`bta.serve.experiment.hash_unit`,
+    and the same map to [0, 1): the digest read little-endian, divided by 2**64.
+    """
+    h = np.empty(8, dtype=np.uint64)
+    m = np.empty(16, dtype=np.uint64)
+    block = np.zeros(128, dtype=np.uint8)
+    for i in range(out.shape[0]):
+        out[i] = _hash_one(prefix, data, offsets[i], offsets[i + 1], h, m, block)
+
+
+# ---- choice policies ---------------------------------------------------------------------------
+# One compiled softmax for both paths: Engine.decide calls it through Softmax.choose and the
+# replay kernel inlines it, so a replay's propensities are bit-identical to decide's.
+@exact_jit()
+def softmax_p(scores, temperature, p):
+    """``p = exp((s - max s) / T) / sum(...)``, summed left to right."""
+    mx = scores[0]
+    for i in range(1, scores.shape[0]):
+        if scores[i] > mx:
+            mx = scores[i]
+    tot = 0.0
+    for i in range(scores.shape[0]):
+        p[i] = math.exp((scores[i] - mx) / temperature)
+        tot += p[i]
+    for i in range(scores.shape[0]):
+        p[i] = p[i] / tot
+
+
+@exact_jit()
+def softmax_choose(scores, temperature, u, p):
+    """(index, probability): the first index whose cumulative probability exceeds ``u``."""
+    softmax_p(scores, temperature, p)
+    n = scores.shape[0]
+    acc = 0.0
+    for i in range(n):
+        acc += p[i]
+        if acc > u:
+            return i, p[i]
+    return n - 1, p[n - 1]
+
+
+@exact_jit()
+def _argmax(x, n):
+    best = 0
+    for i in range(1, n):
+        if x[i] > x[best]:
+            best = i
+    return best
+
+
+@exact_jit()
+def _policy(kind, param, scores, n, u, p):
+    """The choice of :mod:`bta.serve.policy` (0 greedy, 1 epsilon-greedy, 2 softmax,
+    3 uniform) among ``scores[:n]``, written with the same operations in the same order."""
+    if kind == 0:
+        return _argmax(scores, n), 1.0
+    if kind == 1:
+        best = _argmax(scores, n)
+        a = best
+        if u < param:
+            a = min(int(u / param * n), n - 1)
+        return a, param / n + (1.0 - param) * (1.0 if a == best else 0.0)
+    if kind == 2:
+        return softmax_choose(scores[:n], param, u, p[:n])
+    return min(int(u * n), n - 1), 1.0 / n
+
+
+# ---- the sequential part of a replay -------------------------------------------------------------
+@exact_jit()
+def _hist_count(head, ev_t, ev_key, ev_next, key, t, window):
+    cnt = 0
+    e = head
+    while e >= 0:
+        if ev_key[e] == key and t - ev_t[e] < window:
+            cnt += 1
+        e = ev_next[e]
+    return cnt
+
+
+@exact_jit()
+def _creatives_ok(c, t, head, cre_off, cap_off, cap_w, cap_max, cap_cre, ev_t, ev_cre, ev_next,
+                  ks):
+    """Creatives of campaign ``c`` under their creative-scope caps; writes ``ks``, returns
+    how many."""
+    n = 0
+    for k in range(cre_off[c + 1] - cre_off[c]):
+        ok = True
+        if head >= 0:
+            for j in range(cap_off[c], cap_off[c + 1]):
+                if cap_cre[j] and _hist_count(head, ev_t, ev_cre, ev_next, cre_off[c] + k, t,
+                                              cap_w[j]) >= cap_max[j]:
+                    ok = False
+                    break
+        if ok:
+            ks[n] = k
+            n += 1
+    return n
+
+
+@exact_jit()
+def replay(mode, reason, ts, ucode, ctx, prow, rid_data, rid_off, pre_choose, pre_cre, n_house,
+           ctx_ok, hits, ctr, start, end, budget, even, slack, slot, targeted, rule, scorer,
+           prior, base, per_ctr, is_cpm, bid, cre_off, has_caps, cap_off, cap_w, cap_max,
+           cap_cre, any_budget, any_caps, max_window, pol, pol_param, count, to_no_fill,
+           r_no_eligible, r_no_fill, spend, head, tail, ev_t, ev_camp, ev_cre, ev_lab, ev_next,
+           n_ev, o_camp, o_k, o_targeted, o_prop, o_neligible, o_score, o_reason, o_price,
+           o_record):
+    """Budgets, pacing, caps and the choice for each request in order (the Engine's state).
+
+    ``mode``: 0 targeted path (profile row ``prow``), 1 untargeted (``reason``), 2 untargeted
+    without recording (a malformed request). ``pol``/``pol_param``: policy kind and parameter
+    for [targeted, untargeted] choices. ``spend`` and the per-user history lists (``head``,
+    ``tail``, ``ev_*``; ``ev_camp`` the campaign, ``ev_cre`` the creative id, ``ev_lab`` the
+    (campaign, creative) label of each impression) are updated in place as
+    :meth:`Engine._record` would. ``o_camp[i] = -1`` is the house ad (creative ``o_k[i]``
+    of ``n_house``). The request ids (``rid_data[rid_off[i]:rid_off[i+1]]``, UTF-8) are hashed
+    with the ``choose`` / ``creative`` prefixes only where a choice reads them.
+    """
+    hh = np.empty(8, dtype=np.uint64)
+    hm = np.empty(16, dtype=np.uint64)
+    hblock = np.zeros(128, dtype=np.uint8)
+    n_c = start.shape[0]
+    ok = np.zeros(n_c, dtype=np.bool_)
+    cand = np.empty(n_c, dtype=np.int64)
+    sc = np.empty(n_c)
+    p_buf = np.empty(n_c)
+    seen = np.full(n_c, -1, dtype=np.int64)
+    max_k = 1
+    for c in range(n_c):
+        max_k = max(max_k, cre_off[c + 1] - cre_off[c])
+    ks = np.empty(max_k, dtype=np.int64)
+    for i in range(mode.shape[0]):
+        t = ts[i]
+        u = ucode[i] if mode[i] != 2 else -1
+        for c in range(n_c):
+            good = start[c] <= t and t < end[c] and ctx_ok[ctx[i], c]
+            if good and any_budget:
+                allowed = budget[c]
+                if even[c]:
+                    frac = (t - start[c]) / np.float64(end[c] - start[c])
+                    frac = min(max(frac, 0.0), 1.0)
+                    allowed = min(budget[c], budget[c] * (frac + slack[c]))
+                good = spend[slot[c]] < allowed
+            ok[c] = good
+        h = head[u] if u >= 0 else -1
+        if any_caps and h >= 0:
+            e = h
+            while e >= 0:
+                c = ev_camp[e]
+                if c >= 0 and seen[c] != i:
+                    seen[c] = i
+                    if ok[c] and has_caps[c]:
+                        for j in range(cap_off[c], cap_off[c + 1]):
+                            if not cap_cre[j] and _hist_count(h, ev_t, ev_camp, ev_next, c, t,
+                                                              cap_w[j]) >= cap_max[j]:
+                                ok[c] = False
+                                break
+                        if ok[c] and _creatives_ok(c, t, h, cre_off, cap_off, cap_w, cap_max,
+                                                   cap_cre, ev_t, ev_cre, ev_next, ks) == 0:
+                            ok[c] = False
+                e = ev_next[e]
+        r = reason[i]
+        n = 0
+        path = 1
+        if mode[i] == 0:
+            q = prow[i]
+            for c in range(n_c):
+                if ok[c] and (not targeted[c] or hits[q, rule[c]]):
+                    cand[n] = c
+                    s = scorer[c]
+                    sc[n] = base[c] + (prior[c] if s < 0 else ctr[q, s]) * per_ctr[c]
+                    n += 1
+            if n > 0:
+                path = 0
+            else:
+                r = r_no_eligible
+        if path == 1:
+            n = 0
+            for c in range(n_c):
+                if ok[c] and not targeted[c]:
+                    cand[n] = c
+                    sc[n] = base[c] + prior[c] * per_ctr[c]
+                    n += 1
+        o_targeted[i] = path == 0
+        o_camp[i] = -1
+        o_record[i] = False
+        o_neligible[i] = 0
+        if n > 0:
+            u_c = 0.0
+            if pol[path] != 0 and n > 1:  # greedy never reads it; one candidate needs none
+                u_c = _hash_one(pre_choose, rid_data, rid_off[i], rid_off[i + 1], hh, hm, hblock)
+            a, p = _policy(pol[path], pol_param[path], sc, n, u_c, p_buf)
+            c = cand[a]
+            if mode[i] == 2:
+                nk = cre_off[c + 1] - cre_off[c]
+                for k in range(nk):
+                    ks[k] = k
+            else:
+                nk = _creatives_ok(c, t, h if any_caps else -1, cre_off, cap_off, cap_w,
+                                   cap_max, cap_cre, ev_t, ev_cre, ev_next, ks)
+            o_neligible[i] = n
+            if nk > 0:
+                k = ks[0]
+                if nk > 1:
+                    v = _hash_one(pre_cre, rid_data, rid_off[i], rid_off[i + 1], hh, hm, hblock)
+                    k = ks[min(int(v * nk), nk - 1)]
+                price = bid[c] if is_cpm[c] else sc[a]
+                o_camp[i] = c
+                o_k[i] = k
+                o_prop[i] = p / nk
+                o_score[i] = sc[a]
+                o_price[i] = price
+                o_reason[i] = r
+                if mode[i] != 2:
+                    o_record[i] = True
+                    if count:
+                        spend[slot[c]] += price / 1000.0
+                        if max_window > 0 and u >= 0 and has_caps[c]:
+                            e = n_ev[0]
+                            n_ev[0] += 1
+                            ev_t[e] = t
+                            ev_camp[e] = c
+                            ev_cre[e] = cre_off[c] + k
+                            ev_lab[e] = cre_off[c] + k
+                            ev_next[e] = -1
+                            if head[u] < 0:
+                                head[u] = e
+                            else:
+                                ev_next[tail[u]] = e
+                            tail[u] = e
+                            while head[u] >= 0 and t - ev_t[head[u]] >= max_window:
+                                head[u] = ev_next[head[u]]
+                            if head[u] < 0:
+                                tail[u] = -1
+        if o_camp[i] < 0:  # the house ad; its price and score are filled by the caller
+            o_reason[i] = r_no_fill if to_no_fill[r] else r
+            o_targeted[i] = False
+            o_k[i] = 0
+            if n_house > 1:
+                v = _hash_one(pre_cre, rid_data, rid_off[i], rid_off[i + 1], hh, hm, hblock)
+                o_k[i] = min(int(v * n_house), n_house - 1)

@@ -5,12 +5,17 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
 
 from bta.errors import ConfigError, check_param
 from bta.events import to_epoch_ms, to_millis
 
-__all__ = ["Creative", "FrequencyCap", "Campaign"]
+__all__ = ["Creative", "FrequencyCap", "Campaign", "CONTEXT_FIELDS"]
+
+#: Request context fields a campaign can target (``Campaign(context=...)``), and that a
+#: request carries in ``Request.context`` (or, for mappings and DataFrame rows, as top-level
+#: keys/columns of these names). Contextual signals describe the page or app, not the user.
+CONTEXT_FIELDS = ("page_category", "slot", "site", "app", "device_type", "country", "language")
 
 Pricing = Literal["cpm", "cpc", "cpa"]
 
@@ -98,6 +103,20 @@ class Campaign:
     start, end : datetime-like, optional
         Flight dates (UTC); required for even pacing with a budget.
     caps : tuple of FrequencyCap
+    context : mapping of str to str or iterable of str, optional
+        Contextual targeting: field (one of :data:`CONTEXT_FIELDS`) -> accepted values, e.g.
+        ``{"page_category": ["IAB2", "IAB2-1"], "slot": "top-banner"}``. The campaign is
+        eligible only for requests whose context has, for every field given, at least one of
+        the accepted values; a request without that field does not match. Context uses no
+        personal data, so a campaign with ``context`` but no ``targeting`` is *untargeted*
+        behaviourally: it competes in the untargeted choice (control arm, holdout, users who
+        may not be profiled) as well as in the targeted one (IAB TCF purpose 2, basic ads).
+        Stored normalized as a sorted tuple of ``(field, frozenset of values)``.
+
+    Notes
+    -----
+    ``targeting`` (behavioural) and ``context`` combine with *and*: a campaign with both
+    serves only on matching context to users whose profile matches.
     """
 
     id: str
@@ -114,6 +133,7 @@ class Campaign:
     start: Any = None
     end: Any = None
     caps: tuple[FrequencyCap, ...] = field(default_factory=tuple)
+    context: Any = None
 
     def __post_init__(self) -> None:
         check_param("Campaign.id", self.id, isinstance(self.id, str) and self.id != "",
@@ -151,6 +171,7 @@ class Campaign:
             raise ConfigError(f"{where} end must be after start")
         if self.pacing == "even" and self.budget is not None and (s is None or e is None):
             raise ConfigError(f"{where} even pacing with a budget needs start and end dates")
+        object.__setattr__(self, "context", _normalize_context(self.context, where))
         object.__setattr__(self, "caps", tuple(self.caps))
         for cap in self.caps:
             if not isinstance(cap, FrequencyCap):
@@ -163,3 +184,33 @@ class Campaign:
     @cached_property
     def end_ms(self) -> int | None:
         return None if self.end is None else to_epoch_ms(self.end, "Campaign.end")
+
+    @property
+    def context_targets(self) -> dict[str, frozenset[str]]:
+        """Contextual targeting as a dict (empty: no contextual condition)."""
+        return dict(self.context or ())
+
+
+def _normalize_context(ctx: Any, where: str) -> tuple | None:
+    if ctx is None:
+        return None
+    if isinstance(ctx, tuple) and all(isinstance(p, tuple) and len(p) == 2 for p in ctx):
+        ctx = dict(ctx)  # already normalized (dataclasses.replace passes it back in)
+    if not isinstance(ctx, Mapping) or not ctx:
+        raise ConfigError(f"{where} context must be None or a non-empty mapping of context "
+                          f"field to accepted values, got {ctx!r}")
+    out = []
+    for name, values in ctx.items():
+        if name not in CONTEXT_FIELDS:
+            raise ConfigError(f"{where} context field {name!r} is not one of "
+                              f"{list(CONTEXT_FIELDS)}")
+        vals = (values,) if isinstance(values, str) else values
+        try:
+            vals = frozenset(vals)
+        except TypeError:
+            vals = None
+        if not vals or not all(isinstance(v, str) and v != "" for v in vals):
+            raise ConfigError(f"{where} context[{name!r}] must be a non-empty string or a "
+                              f"non-empty collection of non-empty strings, got {values!r}")
+        out.append((name, vals))
+    return tuple(sorted(out))

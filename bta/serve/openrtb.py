@@ -14,12 +14,18 @@
 - ``user.ext.age`` or ``device.ext.age``, else ``user.yob``: the age; from a year of birth the
   youngest the user can be (``year of the decision - yob - 1``);
 - ``site.cat``, ``site.content.cat``, ``app.cat``, ``app.content.cat``: content categories,
-  passed to the Engine as request context;
+  passed to the Engine as the ``page_category`` context; ``site.domain`` (else ``site.id``)
+  and ``app.bundle`` (else ``app.id``) as ``site`` / ``app``; ``device.geo.country`` as
+  ``country``; ``imp[].tagid`` as the ``slot`` of each impression (campaigns can target them:
+  ``Campaign(context=...)``);
 - ``imp[].bidfloor`` with ``bidfloorcur``: no bid below the floor (compared in the same
   currency only).
 
 The response carries one ``bid`` per impression with ``price`` (CPM), ``adid``/``crid`` (the
-creative), ``cid`` (the campaign) and ``ext.bta`` (the decision-log fields). Malformed input
+creative), ``cid`` (the campaign) and ``ext.bta`` (the decision-log fields). Most bids lose the
+auction: with ``Engine(count_on="win")`` spend and frequency caps count only once the exchange's
+win notice arrives, ``engine.notify_win(bid["id"], price=clearing_price)`` (a loss notice:
+``engine.notify_loss(bid["id"])``; without either the decision expires). Malformed input
 never raises: a request that cannot be read gets a no-bid (``nbr`` 2, invalid request) with the
 reason in ``ext.bta``; a request without a usable user gets the Engine's untargeted fallback.
 """
@@ -84,8 +90,27 @@ def _categories(req: Mapping[str, Any]) -> list[str]:
     for holder in (_obj(req.get("site")), _obj(req.get("app"))):
         for src in (holder.get("cat"), _obj(holder.get("content")).get("cat")):
             if isinstance(src, list):
-                cats.extend(c for c in src if isinstance(c, str) and len(c) <= 64)
-    return list(dict.fromkeys(cats))
+                cats.extend(c for c in src if isinstance(c, str) and 0 < len(c) <= 64)
+    return list(dict.fromkeys(cats))[:64]  # the Engine reads at most 64 values per field
+
+
+def _context(req: Mapping[str, Any]) -> dict[str, Any]:
+    """The Engine's request context (page, site or app, country; the slot is per impression)."""
+    ctx: dict[str, Any] = {}
+    cats = _categories(req)
+    if cats:
+        ctx["page_category"] = cats
+    site, app = _obj(req.get("site")), _obj(req.get("app"))
+    for name, holder, keys in (("site", site, ("domain", "id")), ("app", app, ("bundle", "id"))):
+        for k in keys:
+            v = _id(holder.get(k))
+            if v is not None:
+                ctx[name] = v
+                break
+    country = _obj(_obj(req.get("device")).get("geo")).get("country")
+    if isinstance(country, str) and 0 < len(country) <= 8:
+        ctx["country"] = country
+    return ctx
 
 
 def _consent(req: Mapping[str, Any], now_ms: int) -> dict[str, Any]:
@@ -204,7 +229,7 @@ def _decide(engine: Engine, req: Any, seat: str, cur: str, now_ms: int | None
     if user_id is None:
         user_id = _id(user.get("buyeruid"))
     consent = _consent(req, now)
-    context = {"categories": _categories(req)}
+    context = _context(req)
     bids, no_bid = [], []
     seen: set[str] = set()
     for imp in imps:
@@ -216,8 +241,10 @@ def _decide(engine: Engine, req: Any, seat: str, cur: str, now_ms: int | None
             continue
         seen.add(imp_id)
         # user_id None makes the Engine answer with its untargeted fallback (bad_request)
+        slot = _id(imp.get("tagid"))
         d = engine.decide(Request(user_id=user_id, ts=now, request_id=f"{rid}:{imp_id}"[:_MAX_ID],
-                                  context=context, consent=consent))
+                                  context=context if slot is None else {**context, "slot": slot},
+                                  consent=consent))
         floor = _number(imp.get("bidfloor"))
         floor_cur = imp.get("bidfloorcur", cur)
         if floor is not None and floor_cur == cur and d.price < floor:

@@ -4,6 +4,10 @@ Every policy returns the probability with which it chose the creative it chose (
 propensity), so off-policy estimators can re-weight the log later. Randomness is a number
 ``u`` in [0, 1) passed in by the caller (the Engine derives it from a hash of the request id,
 so a replay makes the same choices).
+
+Each policy also names its ``kind`` (and ``param``) so that :meth:`Engine.decide_batch` can run
+the same choice inside its compiled replay; the softmax is one compiled function shared by both
+paths, so a replay's propensities are bit-identical to those of ``decide``.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bta.errors import check_param
+from bta.serve import _kernels as K
 
 __all__ = ["Greedy", "EpsilonGreedy", "Softmax", "Uniform", "Policy"]
 
@@ -23,6 +28,8 @@ class Greedy:
     """Highest score; ties broken by the lowest index. Propensity 1."""
 
     name: str = "greedy"
+    kind = 0
+    param = 0.0
 
     def choose(self, scores: np.ndarray, u: float) -> tuple[int, float]:
         return int(np.argmax(scores)), 1.0
@@ -42,6 +49,11 @@ class EpsilonGreedy:
 
     epsilon: float = 0.1
     name: str = "epsilon_greedy"
+    kind = 1
+
+    @property
+    def param(self) -> float:
+        return float(self.epsilon)
 
     def __post_init__(self) -> None:
         check_param("epsilon", self.epsilon, 0.0 <= float(self.epsilon) <= 1.0,
@@ -71,6 +83,11 @@ class Softmax:
 
     temperature: float = 1.0
     name: str = "softmax"
+    kind = 2
+
+    @property
+    def param(self) -> float:
+        return float(self.temperature)
 
     def __post_init__(self) -> None:
         check_param("temperature", self.temperature,
@@ -78,15 +95,16 @@ class Softmax:
                     "a finite number > 0")
 
     def probabilities(self, scores: np.ndarray) -> np.ndarray:
-        z = (scores - scores.max()) / self.temperature
-        e = np.exp(z)
-        return e / e.sum()
+        s = np.ascontiguousarray(scores, dtype=np.float64)
+        p = np.empty(s.shape[0])
+        K.softmax_p(s, float(self.temperature), p)
+        return p
 
     def choose(self, scores: np.ndarray, u: float) -> tuple[int, float]:
-        p = self.probabilities(scores)
-        a = int(np.searchsorted(np.cumsum(p), u, side="right"))
-        a = min(a, p.shape[0] - 1)
-        return a, float(p[a])
+        """The first candidate whose cumulative probability exceeds ``u``."""
+        s = np.ascontiguousarray(scores, dtype=np.float64)
+        a, p = K.softmax_choose(s, float(self.temperature), float(u), np.empty(s.shape[0]))
+        return int(a), float(p)
 
 
 @dataclass(frozen=True)
@@ -94,6 +112,8 @@ class Uniform:
     """Every candidate with the same probability ``1 / n`` (rotation, blind to scores)."""
 
     name: str = "uniform"
+    kind = 3
+    param = 0.0
 
     def probabilities(self, scores: np.ndarray) -> np.ndarray:
         return np.full(scores.shape[0], 1.0 / scores.shape[0])
