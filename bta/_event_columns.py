@@ -176,6 +176,14 @@ def _read_ids(x: np.ndarray | pd.Series, col: str, where: str, small: bool
             i = int(np.flatnonzero(frac | np.isinf(vals))[0])
             raise SchemaError(f"{expected} floats with fractions "
                               f"(e.g. {float(vals[i])!r} at row {i})")
+        # whole floats of magnitude 2**63 and more have no int64: refuse them rather than let
+        # the cast collapse different ids to one (2.0**63 is the first float out of range)
+        with np.errstate(invalid="ignore"):
+            huge = ~missing & (np.abs(vals) >= 2.0**63)
+        if huge.any():
+            i = int(np.flatnonzero(huge)[0])
+            raise SchemaError(f"{expected} floats beyond the 64-bit integer range "
+                              f"(e.g. {float(vals[i])!r} at row {i})")
         ints = np.where(missing, 0.0, vals).astype(np.int64)
         return ints, None, (missing if missing.any() else None)
     else:
