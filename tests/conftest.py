@@ -26,6 +26,7 @@ import socket
 import subprocess
 import time
 import uuid
+from pathlib import Path
 from typing import Iterator
 from urllib.parse import urlparse
 
@@ -71,11 +72,19 @@ def _free_port() -> int:
 
 
 class RedisProcess:
-    """A private ``redis-server`` on 127.0.0.1 that can be stopped and started again."""
+    """A private ``redis-server`` on 127.0.0.1 that can be stopped and started again.
 
-    def __init__(self, binary: str, port: int | None = None):
+    With ``data_dir`` it keeps an append-only file there, fsynced on every write, so a server
+    killed (SIGKILL, no final save) and started again on the same port and directory comes
+    back with every write it acknowledged.
+    """
+
+    def __init__(self, binary: str, port: int | None = None, data_dir: Path | None = None,
+                 start_timeout_s: float | None = None):
         self.binary = binary
         self.port = port or _free_port()
+        self.data_dir = data_dir
+        self.start_timeout_s = start_timeout_s or _START_S
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -83,20 +92,23 @@ class RedisProcess:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> "RedisProcess":
+        persist = (["--dir", str(self.data_dir), "--appendonly", "yes", "--appendfsync",
+                    "always"] if self.data_dir is not None else ["--appendonly", "no"])
         self.proc = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--protected-mode", "yes", "--loglevel", "warning"],
+             *persist, "--protected-mode", "yes", "--loglevel", "warning"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + _START_S
+        deadline = time.monotonic() + self.start_timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"redis-server exited with code {self.proc.returncode} on "
                                    f"port {self.port}")
-            if _ping(self.url, 0.2):
+            if _ping(self.url, 0.2):  # PING fails while an append-only file is loading
                 return self
             time.sleep(0.02)
         self.stop()
-        raise RuntimeError(f"redis-server did not answer on port {self.port} within {_START_S}s")
+        raise RuntimeError(f"redis-server did not answer on port {self.port} within "
+                           f"{self.start_timeout_s}s")
 
     def stop(self) -> None:
         """Kill the server (an outage, not a clean shutdown) and wait for it to exit."""

@@ -22,8 +22,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -34,6 +32,7 @@ import pytest
 
 from bta.errors import StoreError
 from bta.serve import REASONS, Campaign, Creative, Engine, Experiment, RedisProfileStore
+from conftest import RedisProcess
 from test_fuzz import T0, make_world
 
 pytestmark = pytest.mark.redis
@@ -61,63 +60,14 @@ def unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _ping(url: str, timeout_s: float) -> bool:
-    import redis
-
-    client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
-    try:
-        return bool(client.ping())
-    except Exception:  # noqa: BLE001 - any failure means "not answering yet"
-        return False
-    finally:
-        client.close()
-
-
-class PersistentRedis:
+def PersistentRedis(binary: str, data_dir: Path) -> RedisProcess:
     """A private redis-server with an fsync-always append-only file in ``data_dir``, killed
     with SIGKILL (no shutdown, no final save) and restarted on the same port and directory."""
-
-    def __init__(self, binary: str, data_dir: Path):
-        self.binary = binary
-        self.data_dir = data_dir
-        self.port = _free_port()
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> "PersistentRedis":
-        self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
-             "--dir", str(self.data_dir), "--appendonly", "yes", "--appendfsync", "always",
-             "--save", "", "--protected-mode", "yes", "--loglevel", "warning"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + _START_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited with code {self.proc.returncode}")
-            if _ping(self.url, 0.2):  # PING fails while the AOF is loading
-                return self
-            time.sleep(0.02)
-        self.kill()
-        raise RuntimeError(f"redis-server did not answer on port {self.port} in {_START_S}s")
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=10)
-        self.proc = None
+    return RedisProcess(binary, data_dir=data_dir, start_timeout_s=_START_S)
 
 
 @pytest.fixture
-def persistent_redis(tmp_path: Path) -> Iterator[PersistentRedis]:
+def persistent_redis(tmp_path: Path) -> Iterator[RedisProcess]:
     try:
         import redis  # noqa: F401
     except ImportError:
@@ -131,7 +81,7 @@ def persistent_redis(tmp_path: Path) -> Iterator[PersistentRedis]:
     finally:
         if server.proc is not None and server.proc.poll() is None:
             os.kill(server.proc.pid, signal.SIGCONT)  # in case a test left it stopped
-        server.kill()
+        server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -237,7 +187,7 @@ def test_kill_and_restart_under_load(persistent_redis, world):
         assert load.wait_for(lambda ds, ws: len(ds) >= 30 and sum(a for *_, a in ws) >= 5), \
             "the load did not get going"
         t_kill = time.monotonic()
-        persistent_redis.kill()
+        persistent_redis.stop()
         t_down = time.monotonic()  # the process is gone: every call from here on fails
         assert load.wait_for(lambda ds, ws: sum(1 for t0, _, _ in ds if t0 >= t_down) >= 30
                              and sum(1 for t0, *_ in ws if t0 >= t_down) >= 3)
@@ -327,7 +277,7 @@ def test_outage_between_calls_raises_store_error_for_writes_and_erasure(persiste
         write_timeout_ms=WRITE_TIMEOUT_MS)
     store.publish_from(world["profiles"], as_of=T0)
     u = int(world["profiles"].users[0])
-    persistent_redis.kill()
+    persistent_redis.stop()
     with pytest.raises(StoreError, match="Redis write of .* failed"):
         store.publish_from(world["profiles"], as_of=T0)
     with pytest.raises(StoreError, match="Redis write of 1 profiles failed"):
