@@ -126,3 +126,13 @@ def bench_scale() -> float:
     if not scale > 0:
         raise ValueError(f"BTA_BENCH_SCALE must be a positive number, got {raw!r}")
     return scale
+
+
+def report_line(request, tag: str, line: str) -> None:
+    """Print ``[tag] line`` on the terminal even when output is captured: the figures are the
+    point of a benchmark, so they show when the test passes too."""
+    tr = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if tr is not None and capture is not None:
+        with capture.global_and_fixture_disabled():
+            tr.write_line(f"[{tag}] {line}")

@@ -37,7 +37,7 @@ import pytest
 
 from bta.privacy import OptOutRegistry
 from bta.serve import REASONS, decide_openrtb
-from _data import bench_scale
+from _data import bench_scale, report_line
 
 _EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "adserver.py"
 N_CHECK = 40  # requests compared with the in-process answer before timing
@@ -64,12 +64,7 @@ def _sizes() -> tuple[int, int, int]:
 
 
 def _report(request: pytest.FixtureRequest, line: str) -> None:
-    tr = request.config.pluginmanager.get_plugin("terminalreporter")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    if tr is not None and capture is not None:
-        # the figures are the point of a benchmark: show them even when the test passes
-        with capture.global_and_fixture_disabled():
-            tr.write_line(f"[bta http] {line}")
+    report_line(request, "bta http", line)
 
 
 def _bid_requests(n: int, n_users: int, consent: str, seed: int, distinct: bool = False
@@ -123,9 +118,8 @@ def test_http_adserver_load(benchmark, request, adserver):
     n_requests, n_clients, n_users = _sizes()
     registry = OptOutRegistry(str(u) for u in range(0, n_users, 10))  # every tenth user
     engine = adserver.build_engine(n_users=n_users, days=10, seed=5, opt_outs=registry)
-    # the Engine has no public accessor for its fallback (house) campaign yet
     creatives = {c.id: {cr.id for cr in c.creatives}
-                 for c in (*engine.campaigns, engine._snap.fallback)}
+                 for c in (*engine.campaigns, engine.fallback)}
     consent = _tcf_string({1, 2, 3, 4})
     server = adserver.make_server(engine)
     port = server.server_address[1]

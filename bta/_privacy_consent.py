@@ -163,19 +163,43 @@ class UserRegistry:
     def __init__(self, users: Iterable[Any] = ()):
         self._users = set(users)
         self._lock = threading.Lock()
+        self._version = 0  # counts changes: invalidates the cached index
+        self._index_cache: tuple | None = None
 
     def add(self, user_id: Any) -> None:
         with self._lock:
             self._users.add(user_id)
+            self._version += 1
 
     def remove(self, user_id: Any) -> None:
         with self._lock:
             self._users.discard(user_id)
+            self._version += 1
+
+    @property
+    def version(self) -> int:
+        """A number that changes whenever a user is added or removed."""
+        return self._version
 
     def snapshot(self) -> frozenset:
         """The users registered now, as an immutable set."""
         with self._lock:
             return frozenset(self._users)
+
+    def snapshot_index(self) -> Any:
+        """The users registered now as a pandas ``Index`` of objects, for vectorized
+        membership tests of many ids (``index.get_indexer(ids) >= 0``); built once per
+        change of the registry, not per call."""
+        cache = self._index_cache
+        if cache is not None and cache[0] == self._version:
+            return cache[1]
+        import pandas as pd  # a core dependency; imported here to keep import light
+
+        with self._lock:
+            version, users = self._version, list(self._users)
+        index = pd.Index(users, dtype=object)
+        self._index_cache = (version, index)  # one reference assignment: readers see a pair
+        return index
 
     def __contains__(self, user_id: Any) -> bool:
         try:
@@ -189,13 +213,16 @@ class UserRegistry:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(<{len(self)} users>)"
 
-    # the lock is not state: a pickled copy (sent to a worker process) gets a fresh one
+    # the lock and the cached index are not state: a pickled copy (sent to a worker process)
+    # gets a fresh lock and builds its index when it needs one
     def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_lock", "_index_cache")}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self._lock = threading.Lock()
+        self._version = state.get("_version", 0)
+        self._index_cache = None
 
 
 class OptOutRegistry(UserRegistry):

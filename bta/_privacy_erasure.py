@@ -68,7 +68,9 @@ def erase(user_id: Any, *places: Any) -> ErasureReceipt:
         at ingestion).
     *places : objects with an ``erase`` method
         Event logs, ``OnlineProfiles``, profile stores (memory, Redis), segment books,
-        engines, privacy policies. Mutable places are erased in place; immutable ones
+        engines, decision logs (``DecisionLog``: its buffer and its own Parquet files; other
+        copies are rewritten with :func:`bta.serve.erase_parquet`), privacy policies. Mutable
+        places are erased in place; immutable ones
         (``EventLog``, ``SegmentBook``) return a new object, found in ``receipt.results``.
 
     Returns

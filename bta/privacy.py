@@ -58,6 +58,17 @@ __all__ = [
     "ErasureReceipt", "erase",
 ]
 
+
+def _members(ids: Any, registry: Any) -> np.ndarray:
+    """Which of ``ids`` (a pandas Index of objects) are in ``registry`` (a cached snapshot
+    index): a probe of the registry's hash table per id; ``isin`` (which hashes the whole
+    registry each call) only where pandas sees duplicates in it (ids pandas equates, such as
+    two NaN objects, that a Python set keeps apart)."""
+    if registry.is_unique:
+        return np.asarray(registry.get_indexer(ids) >= 0)
+    return np.asarray(ids.isin(registry))
+
+
 # Characters that cannot be part of a bare feature name in rule text or a name pattern.
 _NAME_SPLIT = re.compile(r"[\s`\"'()\[\]{},;<>=!+/*?]+")
 
@@ -228,7 +239,10 @@ class PrivacyPolicy:
         Notes
         -----
         Categories are few and repeat, so sensitivity is decided once per distinct category;
-        registries are consulted once per distinct user, and only when they are not empty.
+        registries are consulted once per distinct user, and only when they are not empty,
+        through a hash index of each registry built once per change of it
+        (:meth:`UserRegistry.snapshot_index`): a batch costs its distinct users, not the
+        registry's size.
 
         Examples
         --------
@@ -265,13 +279,16 @@ class PrivacyPolicy:
         for j, c in enumerate(cnames):
             if c in self.sensitive_categories:
                 cstat[j] = 2 if c in self.allowed_sensitive else 1
-        opt_outs, minors = self.opt_outs.snapshot(), self.minors.snapshot()
-        if not (cstat.any() or opt_outs or minors):
+        # registries as indexes cached per change: a batch costs its distinct users, not the
+        # registry's size (a snapshot, taken once, serves both the test and the membership)
+        opt_outs = self.opt_outs.snapshot_index() if len(self.opt_outs) else ()
+        minors = self.minors.snapshot_index() if len(self.minors) else ()
+        if not (cstat.any() or len(opt_outs) or len(minors)):
             return out
         row_cstat = cstat[cat_codes]  # code -1 indexes the trailing 0 slot
         out[row_cstat == 1] = SCREEN_SENSITIVE
         need_opt_in = row_cstat == 2
-        if not (opt_outs or minors or need_opt_in.any()):
+        if not (len(opt_outs) or len(minors) or need_opt_in.any()):
             return out
         ucodes, uuniq = factorize_users()
         ucodes = np.asarray(ucodes)
@@ -286,15 +303,15 @@ class PrivacyPolicy:
                 granted[k] = uj >= 0 and cnames[cj] in self.sensitive_opt_ins.categories(
                     uuniq[uj])
             out[rows[~granted[pinv.ravel()]]] = SCREEN_SENSITIVE
-        if opt_outs or minors:
+        if len(opt_outs) or len(minors):
             import pandas as pd
 
             ustat = np.zeros(len(uuniq) + 1, dtype=np.int8)  # last slot: missing user id
             index = pd.Index(np.asarray(uuniq, dtype=object))  # Python equality, one hash pass
-            if minors:
-                ustat[:-1][np.asarray(index.isin(list(minors)))] = SCREEN_UNDER_AGE
-            if opt_outs:  # written last: an opt-out is the first reason that applies
-                ustat[:-1][np.asarray(index.isin(list(opt_outs)))] = SCREEN_OPT_OUT
+            if len(minors):
+                ustat[:-1][_members(index, minors)] = SCREEN_UNDER_AGE
+            if len(opt_outs):  # written last: an opt-out is the first reason that applies
+                ustat[:-1][_members(index, opt_outs)] = SCREEN_OPT_OUT
             row_ustat = ustat[ucodes]
             out = np.where(row_ustat > 0, row_ustat, out).astype(np.int8, copy=False)
         return out

@@ -455,3 +455,88 @@ def test_frame_times_the_log_cannot_hold_are_bad_requests(world, ts):
     assert list(got["reason"]) == [d.reason for d in loop]
     assert got["reason"].iloc[0] == "fallback:bad_request" != got["reason"].iloc[1]
     assert got["ts"].iloc[1] == pd.Timestamp(loop[1].ts, unit="ms", tz="UTC")
+
+
+# ---- the caps history kept across chunks ---------------------------------------------------------
+def _interleaved(reqs, chunk, engine, side):
+    """The requests as a stream that acts on ``engine`` (``side(engine, k)``) before every
+    ``chunk``-th request: the replay pulls a chunk only after deciding the one before, so the
+    act lands between two chunks, where a loop of decide meets it at the same request."""
+    for i, r in enumerate(reqs):
+        if i and i % chunk == 0:
+            side(engine, i // chunk)
+        yield r
+
+
+def _between_chunks(engine, k):
+    """What another thread may do between two chunks: serve a capped user, erase a user."""
+    u = k % 4
+    engine.decide({"user_id": u, "ts": T0 + 20 * H + k, "request_id": f"side-{k}"})
+    if k % 3 == 0:
+        engine.erase((k + 1) % 4)
+
+
+@pytest.mark.parametrize("side", [None, _between_chunks], ids=["alone", "interleaved"])
+def test_history_kept_across_chunks_equals_the_loop(world, side, monkeypatch):
+    reqs = [r for r in _requests(world["store"], 1500, seed=21) if "profile" not in r]
+    chunk = 97
+    act = side or (lambda e, k: None)
+    loop_engine = _engine(world, Greedy())
+    rows = []
+    for i, r in enumerate(reqs):
+        if i and i % chunk == 0:
+            act(loop_engine, i // chunk)
+        rows.append(loop_engine.decide(r).as_dict())
+    loop = decisions_frame(rows)
+    batch_engine = _engine(world, Greedy())
+    moved = [0]
+
+    def counted(e, k):
+        v = e._history_version
+        act(e, k)
+        moved[0] += e._history_version != v
+
+    from bta.serve import _replay
+
+    resets = []
+    reset = _replay._History._reset
+    monkeypatch.setattr(_replay._History, "_reset", lambda self: (resets.append(1), reset(self)))
+    batch = batch_engine.decide_batch(_interleaved(reqs, chunk, batch_engine, counted),
+                                      chunk_size=chunk)
+    # built once (plus the empty start), then again after each change made in between
+    assert len(resets) == 2 + moved[0]
+    assert (moved[0] > 3) == (side is not None)
+    _assert_same(batch, loop)
+    assert batch_engine._history == loop_engine._history
+    assert batch_engine.spend() == loop_engine.spend()
+    # the caps bound: some user was capped and the history holds entries of many chunks
+    assert (loop["campaign_id"] == "autos").any() and len(loop_engine._history) >= 4
+
+
+def test_history_rebuilt_when_it_outgrows_its_bounds(world, monkeypatch):
+    from bta.serve import _replay
+
+    reqs = [r for r in _requests(world["store"], 1200, seed=22) if "profile" not in r]
+    loop_engine = _engine(world, Softmax(temperature=0.5))
+    loop = decisions_frame([loop_engine.decide(r).as_dict() for r in reqs])
+    monkeypatch.setattr(_replay, "_HISTORY_MAX_EVENTS", 64)  # a rebuild every chunk or two
+    monkeypatch.setattr(_replay, "_HISTORY_MAX_USERS", 8)
+    batch_engine = _engine(world, Softmax(temperature=0.5))
+    _assert_same(batch_engine.decide_batch(reqs, chunk_size=40), loop)
+    assert batch_engine._history == loop_engine._history
+    assert batch_engine.spend() == loop_engine.spend()
+
+
+def test_history_version_moves_with_every_change(world):
+    capped = Campaign("capped", (Creative("k-1"),), bid=1.0, caps=(FrequencyCap(5, "1d"),))
+    eng = Engine([capped], fallback=HOUSE, store=world["store"],
+                 experiment=Experiment({"control": 1.0}), time_budget_ms=60_000.0)
+    v0 = eng._history_version
+    eng.decide({"user_id": 1, "ts": T0 + H, "request_id": "v-1"})
+    assert list(eng._history) == [1] and eng._history_version > v0
+    v1 = eng._history_version
+    eng.erase(1)
+    assert eng._history == {} and eng._history_version > v1
+    v2 = eng._history_version
+    eng.decide_batch([{"user_id": 2, "ts": T0 + H, "request_id": "v-2"}])
+    assert list(eng._history) == [2] and eng._history_version > v2

@@ -49,7 +49,8 @@ from bta.features._kernels import (
 
 __all__ = ["OK", "NEED_POOL", "NEED_CELLS", "N_H", "H_BSTART", "H_BLC", "H_CSTART", "H_CLC",
            "C_DECAY_BITS", "N_CS", "lookup_ids", "rehash", "hash_delete", "update",
-           "compact_pool", "compact_cells", "emit", "emit_one", "erase_users", "expired_slots"]
+           "compact_pool", "compact_cells", "emit", "emit_one", "emit_rows", "erase_users",
+           "expired_slots"]
 
 OK = 0
 NEED_POOL = 1
@@ -546,3 +547,35 @@ def expired_slots(n_slots, U, cutoff):
             elif last < oldest:
                 oldest = last
     return out[:k], oldest
+
+
+@exact_jit()
+def emit_rows(slots, as_of, cat_slot, n_cat, pv_slot, windows_ms, bucket_ms, half_life_ms,
+              ctr_a, ctr_b, with_user, n_ev_slots, U, UF, CK, CS, P):
+    """CSR rows for ``slots`` (-1: an empty row), each at its own ``as_of``: one
+    :func:`emit_one` call per row, so each row is exactly what
+    :meth:`OnlineProfiles.vector` returns (``emit`` takes one time for all rows)."""
+    n = slots.shape[0]
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    cap = max(16, 8 * n)
+    indices = np.empty(cap, dtype=np.int32)
+    data = np.empty(cap, dtype=np.float64)
+    k = 0
+    for r in range(n):
+        if slots[r] >= 0:
+            ind, val = emit_one(slots[r], as_of[r], cat_slot, n_cat, pv_slot, windows_ms,
+                                    bucket_ms, half_life_ms, ctr_a, ctr_b, with_user,
+                                    n_ev_slots, U, UF, CK, CS, P)
+            m = ind.shape[0]
+            if k + m > cap:  # grow geometrically: copies stay amortized O(nnz)
+                cap = max(2 * cap, k + m)
+                grown_i = np.empty(cap, dtype=np.int32)
+                grown_d = np.empty(cap, dtype=np.float64)
+                grown_i[:k] = indices[:k]
+                grown_d[:k] = data[:k]
+                indices, data = grown_i, grown_d
+            indices[k:k + m] = ind
+            data[k:k + m] = val
+            k += m
+        indptr[r + 1] = k
+    return indptr, indices[:k].copy(), data[:k].copy()

@@ -560,6 +560,95 @@ class OnlineProfiles:
                 spec.half_life_ms, spec.ctr_prior[0], spec.ctr_prior[1], spec.user_features,
                 np.int64(len(spec.events)), self._U, self._UF, self._CK, self._CS, self._P)
 
+    def vectors(self, user_ids: Iterable[Any], as_of_ms: Any = None
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Many users' stored feature entries at once, equal to :meth:`vector` per user.
+
+        Compiled calls read the rows, one per 4,096 users (``vector`` costs a Python call
+        and a lock per user); for bulk reads such as an offline replay. The lock is held per
+        block of users, so concurrent updates and ``vector`` calls wait for one block only.
+
+        Parameters
+        ----------
+        user_ids : iterable of user ids, length n_users
+        as_of_ms : None, int or array-like of shape (n_users,)
+            Epoch ms, one for all users or one per user, with the rules of :meth:`vector`:
+            earlier than the user's latest event is raised to it, beyond the int64 range
+            lowered to its maximum, None means the user's latest event, and a value that is not
+            an integer time (NaN, text) reads no profile for that user.
+
+        Returns
+        -------
+        indptr : ndarray of int64, shape (n_users + 1,)
+        indices : ndarray of int32, shape (nnz,)
+        values : ndarray of float64, shape (nnz,)
+            User ``i``'s entries are ``indices[indptr[i]:indptr[i + 1]]`` (and ``values``),
+            exactly ``vector(user_ids[i], as_of_ms[i])``.
+        found : ndarray of bool, shape (n_users,)
+            Whether ``vector`` would return a row (False: it returns None; the row is empty).
+
+        Raises
+        ------
+        ConfigError
+            If ``as_of_ms`` is an array whose length is not the number of users.
+
+        Examples
+        --------
+        >>> indptr, indices, values, found = profiles.vectors(["u1", "u2"], t)  # doctest: +SKIP
+        >>> indices[indptr[0]:indptr[1]]  # u1's feature columns              # doctest: +SKIP
+        """
+        ids = user_ids if isinstance(user_ids, list) else list(user_ids)
+        n = len(ids)
+        t, use_last, bad = _as_of_column(as_of_ms, n)
+        found = np.zeros(n, dtype=bool)
+        ptrs, idx_parts, val_parts = [np.zeros(1, dtype=np.int64)], [], []
+        nnz = 0
+        for a in range(0, n, _BULK_ROWS):
+            ids_ab = ids[a:a + _BULK_ROWS]
+            # a block at a time under the lock (an erasure cannot slip between a slot's lookup
+            # and its read), so concurrent updates and vector() wait for one block, not all
+            with self._lock:
+                slots = self._slots_of(ids_ab)
+                U = self._U
+                known = slots >= 0
+                known[known] = U[slots[known], K.U_N_EVENTS] != 0
+                ok = known & ~bad[a:a + _BULK_ROWS]
+                slots[~ok] = -1
+                last = np.where(ok, U[np.maximum(slots, 0), K.U_LAST_TS], 0)
+                t_ab = np.where(use_last[a:a + _BULK_ROWS], last,
+                                np.maximum(last, t[a:a + _BULK_ROWS]))
+                layout = self.layout
+                spec = self.spec
+                ptr, ind, dat = OK_.emit_rows(
+                    slots, t_ab, layout.cat_slot, np.int64(layout.n_cat),
+                    np.int64(layout.pv_slot), spec.windows_ms, np.int64(spec.bucket_ms),
+                    spec.half_life_ms, spec.ctr_prior[0], spec.ctr_prior[1],
+                    spec.user_features, np.int64(len(spec.events)), U, self._UF, self._CK,
+                    self._CS, self._P)
+            found[a:a + _BULK_ROWS] = ok
+            ptrs.append(ptr[1:] + nnz)
+            idx_parts.append(ind)
+            val_parts.append(dat)
+            nnz += int(ptr[-1])
+        indptr = np.concatenate(ptrs)
+        indices = np.concatenate(idx_parts) if idx_parts else np.zeros(0, dtype=np.int32)
+        data = np.concatenate(val_parts) if val_parts else np.zeros(0, dtype=np.float64)
+        return indptr, indices, data, found
+
+    def _slots_of(self, ids: list) -> np.ndarray:
+        """Slots of ``ids`` (-1: unknown or unhashable); called holding the lock."""
+        get = self._user_slot.get
+        try:
+            return np.fromiter((get(u, -1) for u in ids), dtype=np.int64, count=len(ids))
+        except TypeError:  # an unhashable id: unknown, as in vector
+            out = np.empty(len(ids), dtype=np.int64)
+            for i, u in enumerate(ids):
+                try:
+                    out[i] = get(u, -1)
+                except TypeError:
+                    out[i] = -1
+            return out
+
     def _emit(self, slots: np.ndarray, as_of_ms: int):
         layout = self.layout
         spec = self.spec
@@ -665,9 +754,72 @@ class OnlineProfiles:
                                  "category": ["a", "a"], "value": [0.0, 1.0]}), ts_unit="ms")
         tmp.features()
         tmp.vector(0)
+        tmp.vectors([0])
         tmp.expire(1, as_of=t0 + 2000)
         return self
 
 
 def _id_key(u: Any) -> tuple:
     return (0, u, "") if isinstance(u, (int, np.integer)) else (1, 0, str(u))
+
+
+def _as_of_column(as_of_ms: Any, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``as_of_ms`` of :meth:`OnlineProfiles.vectors` as int64 times clipped to the int64 range,
+    with masks of the users that take their latest event (None) and that read nothing (not an
+    integer time); the conversion of :meth:`OnlineProfiles.vector`, per user."""
+    t = np.zeros(n, dtype=np.int64)
+    use_last = np.zeros(n, dtype=bool)
+    bad = np.zeros(n, dtype=bool)
+    if as_of_ms is None:
+        use_last[:] = True
+        return t, use_last, bad
+    if isinstance(as_of_ms, (list, tuple)):  # objects as given: NumPy would turn [1.5, "x"]
+        arr = np.empty(len(as_of_ms), dtype=object)  # into text, which int() reads otherwise
+        for i, x in enumerate(as_of_ms):  # one by one: nested lists must not broadcast
+            arr[i] = x
+    elif isinstance(as_of_ms, (np.ndarray, pd.Series, pd.Index)):
+        arr = np.asarray(as_of_ms)
+    else:
+        arr = None
+    if arr is None or arr.ndim == 0:  # one time for all users
+        v = _one_as_of(as_of_ms if arr is None else as_of_ms)
+        if v is None:
+            use_last[:] = True
+        elif v is _BAD:
+            bad[:] = True
+        else:
+            t[:] = v
+        return t, use_last, bad
+    if arr.ndim != 1 or arr.shape[0] != n:
+        raise ConfigError(f"as_of_ms must be one time or one per user ({n}), got an array of "
+                          f"shape {arr.shape}")
+    if arr.dtype.kind == "i":
+        return arr.astype(np.int64), use_last, bad
+    if arr.dtype.kind == "u":  # compared before the cast: above the int64 range must not wrap
+        return np.minimum(arr, _INT64_MAX).astype(np.int64), use_last, bad
+    for i, x in enumerate(arr.tolist()):  # floats, objects: int() as vector does
+        v = _one_as_of(x)
+        if v is None:
+            use_last[i] = True
+        elif v is _BAD:
+            bad[i] = True
+        else:
+            t[i] = v
+    return t, use_last, bad
+
+
+_BAD = object()
+_BULK_ROWS = 4_096  # users a bulk read serves per lock hold (about 10 ms of reading)
+_INT64_MIN = int(np.iinfo(np.int64).min)
+
+
+def _one_as_of(x: Any) -> Any:
+    """One ``as_of_ms`` as :meth:`OnlineProfiles.vector` reads it: None, an int in the int64
+    range (below it is the same as its minimum: the user's latest event is later), or _BAD."""
+    if x is None:
+        return None
+    try:
+        return max(_INT64_MIN, min(int(x), _INT64_MAX))
+    except (TypeError, ValueError, OverflowError):
+        return _BAD
+

@@ -21,17 +21,17 @@ from bta.scoring import LinearScorer, TreeScorer
 from bta.serve.campaigns import CONTEXT_FIELDS, Campaign, Creative, FrequencyCap
 from bta.serve.engine import REASONS, Decision, Engine, Request
 from bta.serve.experiment import Experiment
-from bta.serve.log import DecisionLog, join_outcomes
+from bta.serve.log import DecisionLog, erase_parquet, join_outcomes
 from bta.serve.openrtb import decide_openrtb, user_data
 from bta.serve.policy import EpsilonGreedy, Greedy, Softmax, Uniform
 from bta.serve.redis_store import RedisProfileStore
-from bta.serve.store import MemoryProfileStore, Profile, ProfileStore
+from bta.serve.store import MemoryProfileStore, Profile, ProfileBlock, ProfileStore
 
 __all__ = [
     "Engine", "Request", "Decision", "REASONS",
     "Campaign", "Creative", "FrequencyCap", "CONTEXT_FIELDS", "Experiment",
     "Greedy", "EpsilonGreedy", "Softmax", "Uniform",
-    "Profile", "ProfileStore", "MemoryProfileStore", "RedisProfileStore",
-    "decide_openrtb", "user_data", "DecisionLog", "join_outcomes",
+    "Profile", "ProfileBlock", "ProfileStore", "MemoryProfileStore", "RedisProfileStore",
+    "decide_openrtb", "user_data", "DecisionLog", "join_outcomes", "erase_parquet",
     "TreeScorer", "LinearScorer",
 ]

@@ -31,9 +31,10 @@ known); :meth:`Engine.notify_loss` or ``pending_ttl_s`` without a notice drops i
 :attr:`Engine.n_expired`), so memory stays bounded whatever the exchange sends back.
 
 Replay: :meth:`Engine.decide_batch` gives the decisions a loop of ``decide`` would, for
-millions of requests: parsing, arm hashing, the privacy gate, profile fetches, rule evaluation
-and model scoring run vectorized per chunk; budgets, pacing, caps and the choice (sequential
-state) run in one compiled pass (:func:`bta.serve._kernels.replay`).
+millions of requests (implemented in :mod:`bta.serve._replay`): parsing, arm hashing, the
+privacy gate, profile fetches, rule evaluation and model scoring run vectorized per chunk;
+budgets, pacing, caps and the choice (sequential state) run in one compiled pass
+(:func:`bta.serve._kernels.replay`).
 
 Configuration (campaigns, scorers, segment book, version) lives in one immutable snapshot;
 :meth:`Engine.swap` replaces it with a single reference assignment, so a request sees either
@@ -42,7 +43,6 @@ the old or the new configuration, never half of each.
 
 from __future__ import annotations
 
-import itertools
 import math
 import threading
 import time
@@ -53,8 +53,6 @@ from typing import Any, Iterable, Literal, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from bta.errors import ConfigError, UnknownNameError
 from bta.events import to_epoch_ms
@@ -260,6 +258,9 @@ class Engine:
         self._slot: dict[str, int] = {}
         self._spend_arr = np.zeros(0, dtype=np.float64)
         self._history: dict[Any, deque] = {}
+        # bumped (under _runtime_lock) at every change of _history: a replay keeps its copy
+        # of the history across chunks only while no one else changed it
+        self._history_version = 0
         self._snap = self._build(campaigns, fallback, scorers or {}, experiment or Experiment(),
                                  policy or Greedy(), untargeted_policy or Uniform(),
                                  privacy or PrivacyPolicy(), version)
@@ -276,6 +277,11 @@ class Engine:
     @property
     def campaigns(self) -> tuple[Campaign, ...]:
         return self._snap.campaigns
+
+    @property
+    def fallback(self) -> Campaign:
+        """The house campaign served when nothing else is eligible."""
+        return self._snap.fallback
 
     def swap(self, *, campaigns: Sequence[Campaign] | None = None,
              fallback: Campaign | None = None, scorers: Mapping[str, Any] | None = None,
@@ -509,18 +515,26 @@ class Engine:
         -----
         A replay has no time budget (``fallback:timeout`` never occurs): it is offline.
         Profiles are read once per distinct (user, time) of the replay (kept in a bounded
-        table across chunks), through the store's ``get_many`` when it has one, so a store
-        updated while the replay runs may be seen later than a loop would see it; a store
-        error fails the requests of that read (``fallback:store_error``). Memory is
+        table across chunks): with one ``get_block`` call per chunk (a time per user) when
+        the store has it (:class:`~bta.serve.store.MemoryProfileStore`), else with
+        ``get_many`` per distinct time, so a store updated while the replay runs may be seen
+        later than a loop would see it. A failed ``get_block`` is read again user by user
+        (only the users whose read fails get ``fallback:store_error``); a failed
+        ``get_many`` fails the requests of that read. The frequency-cap history is kept
+        across chunks too, and read again from the engine when something else (a
+        ``decide``, a win notice, an erasure) changed it in between. Memory is
         proportional to ``chunk_size`` times the number of campaigns, plus the bounded
-        profile table (at most about 64 MiB), plus the returned frame. With
+        profile table (at most about 64 MiB) and history lists (about 40 MiB), plus the
+        returned frame. With
         ``count_on="win"`` the decisions are held pending, as ``decide`` holds them. A policy
         other than the four of :mod:`bta.serve.policy` is run by a loop of ``decide``.
         """
         if not (isinstance(chunk_size, (int, np.integer)) and not isinstance(chunk_size, bool)
                 and chunk_size >= 1):
             raise ConfigError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
-        return _decide_batch(self, requests, int(chunk_size))
+        from bta.serve._replay import decide_batch  # the replay needs this module's names
+
+        return decide_batch(self, requests, int(chunk_size))
 
     # ---- win notices ---------------------------------------------------------------------------
     def notify_win(self, request_id: str, price: float | None = None) -> bool:
@@ -632,7 +646,9 @@ class Engine:
                                            snap.budget[even] * (frac + snap.slack[even]))
             ok &= spend < allowed
         if snap.has_caps.any() and user_id is not None:
-            hist = self._history.get(user_id)
+            # a snapshot: another thread may append to the user's deque meanwhile (copying a
+            # deque is one C call under the GIL; iterating it live can fail mid-way)
+            hist = tuple(self._history.get(user_id) or ())
             if hist:
                 # only campaigns in the user's (short) history can have reached a cap
                 seen: dict[str, list[int]] = {}
@@ -656,7 +672,7 @@ class Engine:
         caps = [cap for cap in c.caps if cap.scope == "creative"]
         if not caps or user_id is None:
             return list(range(len(c.creatives)))
-        hist = self._history.get(user_id) or ()
+        hist = tuple(self._history.get(user_id) or ())  # a snapshot, as above
         out = []
         for k, cr in enumerate(c.creatives):
             if all(sum(1 for (t, _c, crid) in hist if crid == cr.id and ts - t < cap.window_ms)
@@ -751,6 +767,7 @@ class Engine:
             if max_window and user_id is not None and campaign.caps:
                 hist = self._history.setdefault(user_id, deque())
                 hist.append((ts, campaign.id, creative_id))
+                self._history_version += 1
                 while hist and ts - hist[0][0] >= max_window:
                     hist.popleft()
 
@@ -765,6 +782,7 @@ class Engine:
         notice (a later notice for them is ignored, so the history cannot come back)."""
         with self._runtime_lock:
             self._history.pop(user_id, None)
+            self._history_version += 1
         with self._pending_lock:
             gone = [rid for rid, entry in self._pending.items() if entry[1] == user_id]
             for rid in gone:
@@ -1039,629 +1057,3 @@ def decisions_frame(rows: list[dict]) -> pd.DataFrame:
     df["targeted"] = df["targeted"].astype(bool)
     df["n_eligible"] = df["n_eligible"].astype("int32")
     return df
-
-
-# ---- replay: decide_batch ------------------------------------------------------------------------
-_REASON_CODE = {r: i for i, r in enumerate(REASONS)}
-_BATCH_POLICIES = (Greedy, EpsilonGreedy, Softmax, Uniform)
-# the dtype pandas gives text columns built from Python strings (str from pandas 3 on)
-_STR = pd.DataFrame({'x': ['a']})['x'].dtype
-_TO_NO_FILL = np.array([r in ("targeted", "control", "holdout") for r in REASONS])
-_SCORE_BLOCK = 4_096  # rows per scorer call: bounds the dense feature block's memory
-
-
-def _decide_batch(engine: Engine, requests: Any, chunk: int) -> pd.DataFrame:
-    snap = engine._snap  # one configuration for the whole replay
-    kinds = [getattr(p, "kind", None) for p in (snap.policy, snap.untargeted_policy)]
-    if not all(type(p) in _BATCH_POLICIES for p in (snap.policy, snap.untargeted_policy)):
-        # a policy of the caller's own: only its Python choose() knows what it does
-        it = requests.to_dict("records") if isinstance(requests, pd.DataFrame) else requests
-        return decisions_frame([engine.decide(r).as_dict() for r in it])
-    plan = _Plan(snap, kinds)
-    # distinct profiles kept scored: a bounded table (at least one chunk's worth)
-    row_bytes = max(snap.n_rules, 1) + 8 * max(len(snap.scorers), 1) + _PROFILE_ROW_OVERHEAD
-    table = _ProfileTable(engine, snap, max(chunk, min(_PROFILE_TABLE_MAX,
-                                                       _PROFILE_TABLE_BYTES // row_bytes)))
-    parts = []
-    if isinstance(requests, pd.DataFrame):
-        for a in range(0, len(requests), chunk):
-            cols = _frame_columns(requests.iloc[a:a + chunk])
-            parts.append(_run_chunk(engine, snap, plan, table, cols))
-    else:
-        it = iter(requests)
-        while True:
-            batch = list(itertools.islice(it, chunk))
-            if not batch:
-                break
-            parts.append(_run_chunk(engine, snap, plan, table, _request_columns(batch)))
-    if not parts:
-        return decisions_frame([])
-    return parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
-
-
-class _Plan:
-    """A snapshot's campaigns as the flat arrays the replay kernel reads."""
-
-    def __init__(self, snap: _Snapshot, kinds: list[int]):
-        cs = snap.campaigns
-        self.cre_off = np.concatenate([[0], np.cumsum([len(c.creatives) for c in cs])]
-                                      ).astype(np.int64)
-        caps = [cap for c in cs for cap in c.caps]
-        self.cap_off = np.concatenate([[0], np.cumsum([len(c.caps) for c in cs])]
-                                      ).astype(np.int64)
-        self.cap_w = np.array([cap.window_ms for cap in caps], dtype=np.int64)
-        self.cap_max = np.array([cap.max_impressions for cap in caps], dtype=np.int64)
-        self.cap_cre = np.array([cap.scope == "creative" for cap in caps], dtype=bool)
-        self.is_cpm = snap.pricing == _PRICING["cpm"]
-        self.pol = np.array(kinds, dtype=np.int64)
-        self.pol_param = np.array([float(snap.policy.param), float(snap.untargeted_policy.param)])
-        f = snap.fallback
-        self.creative_ids = np.array([cr.id for c in cs for cr in c.creatives]
-                                     + [cr.id for cr in f.creatives], dtype=object)
-        self.campaign_ids = np.array([c.id for c in cs] + [f.id], dtype=object)
-        self.n_house = len(f.creatives)
-        ecpm = f.bid if f.pricing == "cpm" else f.bid * f.prior_ctr * 1000.0
-        self.house_score = float(ecpm)
-        self.house_price = float(f.bid if f.pricing == "cpm" else ecpm)
-        self.any_budget = bool(np.isfinite(snap.budget).any())
-        self.any_caps = bool(snap.has_caps.any())
-        # creative ids -> codes (the creative caps compare ids, across campaigns and swaps)
-        self.cre_code = {cr.id: int(self.cre_off[i]) + k for i, c in enumerate(cs)
-                         for k, cr in enumerate(c.creatives)}
-        self.labels = [(c.id, cr.id) for c in cs for cr in c.creatives]
-        # (campaign id, creative id) of a history entry -> (campaign, creative code, label)
-        self.pair_meta = {(c.id, cr.id): (i, int(self.cre_off[i]) + k, int(self.cre_off[i]) + k)
-                          for i, c in enumerate(cs) for k, cr in enumerate(c.creatives)}
-
-
-class _Columns:
-    """One chunk of requests, parsed into columns (see :func:`_parse` for the rules)."""
-
-    __slots__ = ("n", "bad", "user", "ukey", "ts", "rid", "consent", "ctx", "ctx_keys",
-                 "profile")
-
-
-def _request_columns(batch: list) -> _Columns:
-    n = len(batch)
-    cols = _Columns()
-    cols.n = n
-    bad = np.zeros(n, dtype=bool)
-    user = np.empty(n, dtype=object)
-    ts = np.empty(n, dtype=np.int64)
-    rid = np.empty(n, dtype=object)
-    consent: list = [None] * n
-    profile: list = [None] * n
-    ctx = np.empty(n, dtype=np.int64)
-    keys: dict = {}
-    for i, r in enumerate(batch):
-        try:
-            u, t, q, c, k, p = _parse(r)
-        except Exception:  # noqa: BLE001 - as decide: a malformed request falls back
-            bad[i] = True
-            u, t, q, c, k, p = None, _now_ms(), _safe_request_id(r), None, NO_CONTEXT, None
-        user[i], ts[i], rid[i], consent[i], profile[i] = u, t, q, c, p
-        ctx[i] = keys.setdefault(k, len(keys))
-    cols.bad, cols.user, cols.ts, cols.rid, cols.ctx = bad, user, ts, rid, ctx
-    cols.ukey = np.array([None if b else str(u) for u, b in zip(user.tolist(), bad)],
-                         dtype=object)
-    cols.ctx_keys = list(keys)
-    cols.consent = consent if any(c is not None for c in consent) else None
-    cols.profile = profile if any(p is not None for p in profile) else None
-    return cols
-
-
-def _frame_columns(df: pd.DataFrame) -> _Columns:
-    """Columns of a DataFrame chunk, vectorized where the dtypes allow; equal to parsing
-    ``df.to_dict("records")`` row by row."""
-    n = len(df)
-    names = set(df.columns)
-    ts_col = df["ts"] if "ts" in names else None
-    uid = df["user_id"] if "user_id" in names else None
-    fast = uid is not None and (
-        ts_col is None or ts_col.dtype.kind in "iuM") and "context" not in names
-    if not fast:
-        return _request_columns(df.to_dict("records"))
-    cols = _Columns()
-    cols.n = n
-    bad = np.zeros(n, dtype=bool)
-    if uid.dtype.kind in "iu":
-        user = uid.to_numpy()
-        ukey = pa.array(user.astype(np.int64) if uid.dtype.kind == "i" else user).cast(
-            pa.string()).to_numpy(zero_copy_only=False).astype(object)
-    else:
-        user = uid.to_numpy(dtype=object)
-        ukey = np.empty(n, dtype=object)
-        for i, u in enumerate(user.tolist()):
-            if isinstance(u, str) and 0 < len(u) <= 256:
-                ukey[i] = u
-            elif isinstance(u, (int, np.integer)) and not isinstance(u, (bool, np.bool_)):
-                ukey[i] = str(u)
-            else:
-                bad[i] = True
-    if ts_col is None:
-        ts = np.full(n, _now_ms(), dtype=np.int64)
-    elif ts_col.dtype.kind in "iu":
-        raw = ts_col.to_numpy()
-        # compared before the cast: a uint64 above the int64 range must not wrap around
-        bad |= (raw > _TS_MAX_MS) | (raw < _TS_MIN_MS if raw.dtype.kind == "i" else False)
-        ts = raw.astype(np.int64)
-    else:
-        s = ts_col
-        if getattr(s.dt, "tz", None) is not None:
-            s = s.dt.tz_convert("UTC").dt.tz_localize(None)
-        raw = s.to_numpy()  # in the column's own unit: a coarse one holds far-off years
-        unit, step = np.datetime_data(raw.dtype)
-        ticks = raw.view(np.int64)
-        nat = ticks == np.iinfo(np.int64).min
-        per_ms = {"ns": 1_000_000, "us": 1_000, "ms": 1}.get(unit)
-        if per_ms is None or step != 1:  # seconds or coarser: exact in milliseconds, if in range
-            ms_per = int(np.timedelta64(step, unit) // np.timedelta64(1, "ms"))
-            big = np.abs(ticks) > _TS_MAX_MS // ms_per
-            ts = np.where(big, 0, ticks) * ms_per
-            bad |= big
-        else:
-            ts = ticks // per_ms  # floor, as to_epoch_ms
-        bad |= nat | (ts < _TS_MIN_MS) | (ts > _TS_MAX_MS)
-    if "request_id" in names:
-        rid = df["request_id"].to_numpy(dtype=object).copy()
-        try:  # text columns: the checks in Arrow
-            arr = pa.array(rid, type=pa.string(), from_pandas=True)
-            length = pc.fill_null(pc.utf8_length(arr), 0).to_numpy(zero_copy_only=False)
-            fix = np.flatnonzero((length < 1) | (length > 256))
-        except (pa.ArrowException, UnicodeError):
-            fix = np.arange(n)
-        for i in fix.tolist():
-            q = rid[i]
-            if isinstance(q, str) and 0 < len(q) <= 256:
-                continue
-            if not _absent(q):
-                bad[i] = True
-            rid[i] = uuid.uuid4().hex
-    else:
-        rid = np.array([uuid.uuid4().hex for _ in range(n)], dtype=object)
-    consent = None
-    if "consent" in names:
-        consent = df["consent"].to_numpy(dtype=object).tolist()
-        for i, c in enumerate(consent):
-            if _absent(c):
-                consent[i] = None
-            elif not isinstance(c, Mapping):
-                bad[i] = True
-                consent[i] = None
-        if not any(c is not None for c in consent):
-            consent = None
-    profile = None
-    if "profile" in names:
-        profile = [None if _absent(p) else p for p in df["profile"].to_numpy(dtype=object)]
-        if not any(p is not None for p in profile):
-            profile = None
-    # context: factorize each field column, then the combinations
-    fields = [f for f in CONTEXT_FIELDS if f in names]
-    if fields:
-        # rows -> distinct contexts, one field at a time (codes stay below n * (n + 1))
-        ctx = np.zeros(n, dtype=np.int64)
-        keys = [NO_CONTEXT]
-        for f in fields:
-            fi = _CTX_FIELD_INDEX[f]
-            try:
-                fc, uniq = pd.factorize(df[f], use_na_sentinel=True)
-                uniq = uniq.tolist()
-                if not all(type(v) is str for v in uniq):
-                    raise TypeError  # factorize equates 1, 1.0 and True; _ctx_values does not
-                vals = [_ctx_values(v) for v in uniq]
-            except TypeError:  # lists or mixed types: normalize row by row
-                seen: dict = {}
-                fc = np.array([-1 if _absent(v) else seen.setdefault(_ctx_values(v), len(seen))
-                               for v in df[f].to_numpy(dtype=object).tolist()], dtype=np.int64)
-                vals = list(seen)
-            width = len(vals) + 1
-            ctx, combos = pd.factorize(ctx * width + (fc.astype(np.int64) + 1))
-            new_keys = []
-            for code in combos.tolist():
-                key = keys[code // width]
-                j = code % width - 1
-                if j >= 0:
-                    key = key[:fi] + (vals[j],) + key[fi + 1:]
-                new_keys.append(key)
-            keys = new_keys
-        ctx = ctx.astype(np.int64)
-    else:
-        ctx = np.zeros(n, dtype=np.int64)
-        keys = [NO_CONTEXT]
-    if bad.any():
-        keys.append(NO_CONTEXT)
-        ctx[bad] = len(keys) - 1
-        ts = ts.copy()
-        ts[bad] = _now_ms()
-        ukey = ukey.copy()
-        ukey[bad] = None
-        user = user.astype(object)
-        user[bad] = None
-    cols.bad, cols.user, cols.ukey, cols.ts, cols.rid = bad, user, ukey, ts, rid
-    cols.ctx, cols.ctx_keys, cols.consent, cols.profile = ctx, keys, consent, profile
-    return cols
-
-
-
-def _utf8(strings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Strings as one UTF-8 byte buffer and offsets (``surrogatepass``, as :func:`hash_unit`)."""
-    try:
-        arr = pa.array(strings, type=pa.string())
-    except (pa.ArrowException, UnicodeError):  # lone surrogates: encode them as hash_unit does
-        parts = [s.encode("utf-8", "surrogatepass") for s in strings.tolist()]
-        offsets = np.concatenate([[0], np.cumsum([len(b) for b in parts])]).astype(np.int64)
-        return np.frombuffer(b"".join(parts), dtype=np.uint8), offsets
-    bufs = arr.buffers()
-    offsets = np.frombuffer(bufs[1], dtype=np.int32, count=len(arr) + 1,
-                            offset=arr.offset * 4).astype(np.int64)
-    # read-only either way: the kernels are compiled for one array type
-    data = np.frombuffer(bufs[2] if bufs[2] is not None else b"", dtype=np.uint8)
-    return data, offsets
-
-
-def _bytes(text: str) -> np.ndarray:
-    return np.frombuffer(text.encode("utf-8", "surrogatepass"), dtype=np.uint8)
-
-
-def _hash_many(prefix: str, strings: np.ndarray) -> np.ndarray:
-    """``hash_unit(prefix + s)`` for each string, in one kernel call."""
-    out = np.empty(len(strings))
-    if len(strings):
-        data, offsets = _utf8(strings)
-        K.hash_units(_bytes(prefix), data, offsets, out)
-    return out
-
-
-def _run_chunk(engine: Engine, snap: _Snapshot, plan: _Plan, table: "_ProfileTable",
-               cols: _Columns) -> pd.DataFrame:
-    n = cols.n
-    exp = snap.experiment
-    ok_rows = ~cols.bad
-    # arms: the experiment's hash of (salt, user id), vectorized
-    arm_names = list(exp.arms) + ["holdout"]
-    arm = np.full(n, arm_names.index(exp.control), dtype=np.int64)
-    idx = np.flatnonzero(ok_rows)
-    ucodes, ukeys = pd.factorize(cols.ukey[idx])  # a user's arm is hashed once per chunk
-    u = _hash_many(f"{exp.salt}:", np.asarray(ukeys, dtype=object))[ucodes]
-    acc, tot = [], 0.0
-    for share in exp.arms.values():
-        tot += share
-        acc.append(tot)
-    v = (u - exp.holdout) / (1.0 - exp.holdout)
-    a = np.minimum(np.searchsorted(np.array(acc), v, side="right"), len(acc) - 1)
-    a[u < exp.holdout] = len(arm_names) - 1
-    arm[idx] = a
-    targeted_arm = np.array([exp.is_targeted(x) for x in arm_names])[arm] & ok_rows
-    reason = np.where(arm == len(arm_names) - 1, _REASON_CODE["holdout"],
-                      _REASON_CODE["control"]).astype(np.int64)
-    reason[cols.bad] = _REASON_CODE["fallback:bad_request"]
-    # the privacy gate
-    privacy = snap.privacy
-    gate0 = privacy.serving_gate(None, None)
-    t_rows = np.flatnonzero(targeted_arm)
-    reason[t_rows] = _REASON_CODE["targeted" if gate0 == GATE_OK else f"fallback:{gate0}"]
-    users = cols.user
-    if len(privacy.opt_outs):
-        for i in t_rows.tolist():
-            if users[i] in privacy.opt_outs:
-                reason[i] = _REASON_CODE["fallback:opt_out"]
-    if cols.consent is not None:
-        for i in t_rows.tolist():
-            c = cols.consent[i]
-            if c is not None:
-                g = privacy.serving_gate(users[i], c)
-                reason[i] = _REASON_CODE["targeted" if g == GATE_OK else f"fallback:{g}"]
-    # profiles: the request's own, else the store's (each distinct (user, ts) read once)
-    need = np.flatnonzero(reason == _REASON_CODE["targeted"])
-    prow = np.full(n, -1, dtype=np.int64)
-    table.begin(n)
-    if cols.profile is not None:
-        own = [i for i in need.tolist() if cols.profile[i] is not None]
-        for i in own:
-            try:
-                p = request_profile(cols.profile[i], engine.store, snap.store_segments)
-            except Exception:  # noqa: BLE001 - as decide: a malformed profile falls back
-                reason[i] = _REASON_CODE["fallback:bad_profile"]
-                continue
-            prow[i] = table.add_own(p)
-        need = np.array([i for i in need.tolist() if cols.profile[i] is None], dtype=np.int64)
-    if len(need):
-        got = table.lookup(users[need], cols.ts[need])
-        prow[need] = np.maximum(got, -1)
-        reason[need[got == _NO_PROFILE]] = _REASON_CODE["fallback:no_profile"]
-        reason[need[got == _FAILED]] = _REASON_CODE["fallback:store_error"]
-    table.score()
-    hits, ctr = table.hits, table.ctr
-    mode = np.where(cols.bad, 2, 1).astype(np.int8)
-    mode[prow >= 0] = 0
-    # context table and hashes of the request ids
-    n_c = len(snap.campaigns)
-    if snap.has_context:
-        ctx_ok = np.array([engine._ctx_mask(snap, k) for k in cols.ctx_keys], dtype=bool)
-    else:
-        ctx_ok = np.ones((len(cols.ctx_keys), n_c), dtype=bool)
-    rid_data, rid_off = _utf8(cols.rid)
-    # the sequential pass, under the lock that guards spend and caps
-    o_camp = np.empty(n, dtype=np.int64)
-    o_k = np.zeros(n, dtype=np.int64)
-    o_targeted = np.empty(n, dtype=bool)
-    o_prop = np.zeros(n)
-    o_nel = np.empty(n, dtype=np.int64)
-    o_score = np.zeros(n)
-    o_reason = np.empty(n, dtype=np.int64)
-    o_price = np.zeros(n)
-    o_record = np.empty(n, dtype=bool)
-    count = engine.count_on == "decision"
-    with engine._runtime_lock:
-        hist = _History(engine, snap, plan, cols, n)
-        K.replay(mode, reason, cols.ts, hist.ucode, cols.ctx, prow, rid_data, rid_off,
-                 _bytes(f"{snap.version}:choose:"), _bytes(f"{snap.version}:creative:"),
-                 np.int64(plan.n_house), ctx_ok,
-                 hits, ctr, snap.start, snap.end, snap.budget, snap.pacing_even, snap.slack,
-                 snap.slot_of, snap.targeted, snap.rule_of, snap.scorer_of, snap.prior_ctr,
-                 snap.ecpm_base, snap.ecpm_per_ctr, plan.is_cpm, snap.bid, plan.cre_off,
-                 snap.has_caps, plan.cap_off, plan.cap_w, plan.cap_max, plan.cap_cre,
-                 plan.any_budget, plan.any_caps, np.int64(snap.max_cap_window), plan.pol,
-                 plan.pol_param, count, _TO_NO_FILL, np.int64(_REASON_CODE["fallback:no_eligible"]),
-                 np.int64(_REASON_CODE["fallback:no_fill"]), engine._spend_arr, hist.head,
-                 hist.tail, hist.ev_t, hist.ev_camp, hist.ev_cre, hist.ev_lab, hist.ev_next,
-                 hist.n_ev, o_camp, o_k, o_targeted, o_prop, o_nel, o_score, o_reason, o_price,
-                 o_record)
-        if count and plan.any_caps:
-            hist.write_back(o_record & (o_camp >= 0)
-                            & snap.has_caps[np.maximum(o_camp, 0)] & (hist.ucode >= 0))
-    # the house ad where nothing (else) served
-    house = o_camp < 0
-    n_cur = int(plan.cre_off[-1])
-    cre = np.where(house, n_cur + o_k, plan.cre_off[np.maximum(o_camp, 0)] + o_k)
-    o_prop[house] = 1.0 / plan.n_house
-    o_score[house] = plan.house_score
-    o_price[house] = plan.house_price
-    if not count:
-        rec = np.flatnonzero(o_record & ~house)[-engine.max_pending:]
-        for i in rec.tolist():
-            c = snap.campaigns[o_camp[i]]
-            engine._hold(cols.rid[i], users[i], int(cols.ts[i]), c, plan.creative_ids[cre[i]],
-                         float(o_price[i]), snap.max_cap_window)
-    text = (cols.rid,
-            _take(arm_names, arm), _take(plan.creative_ids, cre),
-            _take(plan.campaign_ids, np.where(house, n_c, o_camp)),
-            _take([snap.version], np.zeros(n, dtype=np.int64)), _take(REASONS, o_reason))
-    return _decisions_columns(cols.ts, cols.ukey, text, o_targeted, o_prop, o_nel, o_score,
-                              o_price)
-
-
-_PROFILE_TABLE_MAX = 131_072  # distinct profiles a replay keeps scored at once (memory bound)
-_PROFILE_TABLE_BYTES = 64 << 20  # ... and the memory their hits and scores may take
-_PROFILE_ROW_OVERHEAD = 200  # bytes of the (user, ts) -> row entry of the index dict
-_NO_PROFILE = -2
-_FAILED = -3
-
-
-class _ProfileTable:
-    """Targeting-rule hits and model click probabilities per distinct (user, ts) profile of a
-    replay, kept across its chunks (a user's requests at one time read and score the profile
-    once) and bounded: when a chunk might overflow ``max_rows`` the table starts afresh."""
-
-    def __init__(self, engine: Engine, snap: _Snapshot, max_rows: int):
-        self.engine, self.snap, self.max_rows = engine, snap, max_rows
-        self.n_rules = max(snap.n_rules, 1)
-        self.n_sc = max(len(snap.scorers), 1)
-        self._reset()
-
-    def _reset(self) -> None:
-        self.index: dict = {}
-        self.hits = np.zeros((0, self.n_rules), dtype=bool)
-        self.ctr = np.zeros((0, self.n_sc))
-        self.n = 0
-        self.pending: list = []
-
-    def begin(self, n_rows: int) -> None:
-        """Make room for a chunk of ``n_rows`` requests (each adds at most one profile)."""
-        if self.n + n_rows > self.max_rows:
-            self._reset()
-
-    def add_own(self, profile: Profile) -> int:
-        self.pending.append(profile)
-        self.n += 1
-        return self.n - 1
-
-    def lookup(self, users: np.ndarray, ts: np.ndarray) -> np.ndarray:
-        """Table rows of the (user, ts) profiles: read from the store those not yet in it
-        (``get_many`` per distinct time); ``_NO_PROFILE`` / ``_FAILED`` where there is none
-        or the read failed (failures are not kept: a later chunk reads again)."""
-        ucode, uniq_u = pd.factorize(users)
-        tcode, uniq_t = pd.factorize(ts)
-        nu = len(uniq_u)
-        pairs, inv = np.unique(tcode.astype(np.int64) * nu + ucode, return_inverse=True)
-        pair_u = (pairs % nu).tolist()
-        pair_t = (pairs // nu).tolist()
-        uniq_u, uniq_t = uniq_u.tolist(), uniq_t.tolist()
-        res = np.empty(len(pairs), dtype=np.int64)
-        index = self.index
-        todo: dict[int, list] = {}  # time code -> pair positions to read
-        for j, (ui, ti) in enumerate(zip(pair_u, pair_t)):
-            r = index.get((uniq_u[ui], uniq_t[ti]))
-            if r is None:
-                todo.setdefault(ti, []).append(j)
-            else:
-                res[j] = r
-        store = self.engine.store
-        get_many = getattr(store, "get_many", None)
-        for ti, js in todo.items():
-            t = int(uniq_t[ti])
-            us = [uniq_u[pair_u[j]] for j in js]
-            try:
-                got = get_many(us, t) if get_many is not None and len(us) > 1 else \
-                    [store.get(u, t) for u in us]
-            except Exception:  # noqa: BLE001 - an outage fails these reads, not the replay
-                res[js] = _FAILED
-                continue
-            for j, u, p in zip(js, us, got):
-                r = _NO_PROFILE if p is None else self.add_own(p)
-                index[(u, uniq_t[ti])] = r
-                res[j] = r
-        return res[inv.ravel()]
-
-    def score(self) -> None:
-        """Rule hits (one kernel call) and model scores (block-wise) of the profiles added
-        since the last call."""
-        new = self.pending
-        self.pending = []
-        n_old = self.hits.shape[0]
-        n_p = len(new)
-        if not n_p:
-            return
-        snap = self.snap
-        cap = max(self.n, 2 * n_old)  # grow geometrically: appends stay amortized O(1)
-        hits = np.zeros((cap, self.n_rules), dtype=bool)
-        ctr = np.zeros((cap, self.n_sc))
-        hits[:n_old] = self.hits
-        ctr[:n_old] = self.ctr
-        self.hits, self.ctr = hits[: self.n], ctr[: self.n]
-        lengths = np.array([p.indices.shape[0] for p in new], dtype=np.int64)
-        indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        indices = np.concatenate([np.asarray(p.indices) for p in new]).astype(np.int32)
-        values = np.concatenate([np.asarray(p.values) for p in new]).astype(np.float64)
-        if snap.n_rules:
-            names = snap.store_segments
-            segs = np.zeros((n_p, len(names)), dtype=bool)
-            for j, p in enumerate(new):
-                segs[j] = _segments_for(p, names)
-            R = snap.rules
-            K.eval_rules_batch(R[0], R[1], R[2], R[3], R[4], R[5], R[6], R[7], R[8], R[9],
-                               segs, indptr, indices, values,
-                               np.int64(len(self.engine.store.feature_names)),
-                               self.hits[n_old:])
-        for s, sc in enumerate(snap.scorers):
-            if not (snap.scorer_of == s).any():
-                continue
-            fmap, default = snap.scorer_maps[s], snap.scorer_defaults[s]
-            for a in range(0, n_p, _SCORE_BLOCK):
-                b = min(n_p, a + _SCORE_BLOCK)
-                X = np.empty((b - a, default.shape[0]))
-                X[:] = default
-                lo, hi = indptr[a], indptr[b]
-                rows = np.repeat(np.arange(b - a), lengths[a:b])
-                j = fmap[indices[lo:hi]]
-                m = j >= 0
-                X[rows[m], j[m]] = values[lo:hi][m]
-                if hasattr(sc, "predict"):
-                    p = np.asarray(sc.predict(X), dtype=np.float64).reshape(b - a, -1)[:, 0]
-                else:
-                    p = np.array([float(np.ravel(sc.predict_one(x))[0]) for x in X])
-                # as decide: a non-finite probability counts as 0
-                self.ctr[n_old + a:n_old + b, s] = np.where(np.isfinite(p), p, 0.0)
-
-
-_FOREIGN = 1 << 40  # creative codes of ids no current campaign has start here
-
-
-class _History:
-    """The frequency-cap history of a chunk's users as linked lists for the replay kernel."""
-
-    def __init__(self, engine: Engine, snap: _Snapshot, plan: _Plan, cols: _Columns, n: int):
-        self.engine, self.plan, self.cols = engine, plan, cols
-        ucode = np.full(n, -1, dtype=np.int64)
-        ok = np.flatnonzero(~cols.bad)
-        uniq = None
-        if len(ok) and plan.any_caps:  # without caps no history is read or written
-            codes, uniq = pd.factorize(cols.user[ok])
-            ucode[ok] = codes
-        self.users = [] if uniq is None else uniq.tolist()
-        self.ucode = ucode
-        n_u = len(self.users)
-        self.head = np.full(max(n_u, 1), -1, dtype=np.int64)
-        self.tail = np.full(max(n_u, 1), -1, dtype=np.int64)
-        self.labels = list(plan.labels)
-        old = []
-        history = engine._history
-        if n_u and history:
-            if len(history) < n_u:  # look the (few) users with a history up among the chunk's
-                keys = list(history)
-                pos = pd.Index(uniq).get_indexer(pd.Index(keys, dtype=object))
-                found = sorted((j, keys[k]) for k, j in enumerate(pos.tolist()) if j >= 0)
-            else:
-                found = [(j, u) for j, u in enumerate(self.users) if u in history]
-            old = [(j, tuple(history[u])) for j, u in found if history[u]]
-        # entries as flat lists (numpy scalar stores are slow), one dict lookup per entry
-        meta = plan.pair_meta
-        cre_code = plan.cre_code
-        foreign: dict = {}
-        t_list, m_list, lens, js = [], [], [], []
-        for j, entries in old:
-            js.append(j)
-            lens.append(len(entries))
-            for t, cid, crid in entries:
-                t_list.append(t)
-                m = meta.get((cid, crid))
-                if m is None:  # a campaign or creative of an earlier configuration
-                    code = cre_code.get(crid)
-                    if code is None:  # creative caps match ids: one code per foreign id
-                        code = _FOREIGN + foreign.setdefault(crid, len(foreign))
-                    m = (snap.index_of.get(cid, -1), code, len(self.labels))
-                    self.labels.append((cid, crid))
-                    meta = dict(meta) if meta is plan.pair_meta else meta
-                    meta[(cid, crid)] = m
-                m_list.append(m)
-        n_old = len(t_list)
-        cap = n_old + (n if plan.any_caps else 0) + 1
-        self.ev_t = np.zeros(cap, dtype=np.int64)
-        self.ev_camp = np.full(cap, -1, dtype=np.int64)
-        self.ev_cre = np.full(cap, -1, dtype=np.int64)
-        self.ev_lab = np.full(cap, -1, dtype=np.int64)
-        self.ev_next = np.full(cap, -1, dtype=np.int64)
-        self.n_ev = np.array([n_old], dtype=np.int64)
-        if not n_old:
-            return
-        self.ev_t[:n_old] = t_list
-        m_arr = np.array(m_list, dtype=np.int64).reshape(n_old, 3)
-        self.ev_camp[:n_old], self.ev_cre[:n_old], self.ev_lab[:n_old] = m_arr.T
-        # each user's entries are consecutive: next = the following entry, -1 at its last
-        self.ev_next[:n_old] = np.arange(1, n_old + 1)
-        ends = np.cumsum(lens) - 1
-        self.ev_next[ends] = -1
-        self.head[js] = ends - np.array(lens) + 1
-        self.tail[js] = ends
-
-    def write_back(self, appended: np.ndarray) -> None:
-        """Rebuild the engine's history of every user the replay recorded an impression for."""
-        history = self.engine._history
-        n = int(self.n_ev[0])
-        ev_t, ev_lab, ev_next = (a[:n].tolist() for a in (self.ev_t, self.ev_lab, self.ev_next))
-        head, labels, users = self.head, self.labels, self.users
-        for j in np.unique(self.ucode[appended]).tolist():
-            e = int(head[j])
-            dq = deque()
-            while e >= 0:
-                dq.append((ev_t[e],) + labels[ev_lab[e]])
-                e = ev_next[e]
-            history[users[j]] = dq
-
-
-def _take(names: Sequence[str], codes: np.ndarray) -> pa.Array:
-    """``names[codes]`` as an Arrow text array (a few names, many rows: no Python strings)."""
-    return pa.array(list(names), type=pa.string()).take(pa.array(codes, type=pa.int64()))
-
-
-def _decisions_columns(ts, ukey, text, targeted, prop, n_eligible, score, price
-                       ) -> pd.DataFrame:
-    """Decision-log columns as a frame typed like :func:`decisions_frame`; ``text`` holds
-    request_id, arm, creative_id, campaign_id, policy_version and reason."""
-    rid, arm, creative, campaign, version, reason = (pd.array(t, dtype=_STR) for t in text)
-    return pd.DataFrame({
-        "ts": pd.to_datetime(np.asarray(ts, dtype=np.int64), unit="ms", utc=True).astype(
-            "datetime64[ms, UTC]"),
-        "request_id": rid,
-        "user_id": pd.Series(ukey, dtype=object),
-        "arm": arm,
-        "creative_id": creative,
-        "campaign_id": campaign,
-        "targeted": targeted.astype(bool),
-        "propensity": prop.astype(np.float64),
-        "n_eligible": n_eligible.astype(np.int32),
-        "score": score.astype(np.float64),
-        "price": price.astype(np.float64),
-        "policy_version": version,
-        "reason": reason,
-    })

@@ -11,6 +11,10 @@ when a buffer is written. With a ``directory`` the buffer is bounded: every ``fl
 is written as one Parquet file (atomically: a reader never sees half a file). Without one the
 log stays in memory up to ``max_rows`` rows; rows beyond are counted in :attr:`n_dropped` with a
 warning, never lost silently.
+
+Erasure: :meth:`DecisionLog.erase` drops a user's rows from the buffer and rewrites the files
+the log wrote (so :func:`bta.privacy.erase` can be given a log); :func:`erase_parquet` rewrites
+any other Parquet file (an older log, a copy) without the user.
 """
 
 from __future__ import annotations
@@ -26,13 +30,14 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from bta.errors import SchemaError, check_param
 from bta.schema import DECISION_SCHEMA, OUTCOME_SCHEMA
 from bta.serve.engine import Decision
 
-__all__ = ["DecisionLog", "decisions_table", "join_outcomes"]
+__all__ = ["DecisionLog", "decisions_table", "erase_parquet", "join_outcomes"]
 
 logger = logging.getLogger("bta")
 _FIELDS = tuple(DECISION_SCHEMA.names)
@@ -122,6 +127,10 @@ class DecisionLog:
         self._lock = threading.Lock()     # buffer and counters
         self._io_lock = threading.Lock()  # file writes, taken after _lock when both are held
         self._buf: list[Decision] = []
+        # rows of a write that failed, written first by the next one; guarded by _io_lock
+        # alone, so the failing writer never needs _lock (an appender may hold it while it
+        # waits for _io_lock)
+        self._failed: list[Decision] = []
         self._files: list[Path] = []
         self._n_written = 0
         self._seq = 0
@@ -176,7 +185,7 @@ class DecisionLog:
         except BaseException:
             self._lock.release()
             raise
-        rows, self._buf = self._buf, []
+        rows, self._buf, self._failed = self._failed + self._buf, [], []
         seq = self._seq
         self._seq += 1
         # appenders may go on while the file is written; _io_lock keeps readers consistent
@@ -190,8 +199,7 @@ class DecisionLog:
                 pq.write_table(decisions_table(rows), tmp)
                 os.replace(tmp, path)
             except BaseException:
-                with self._lock:  # keep the rows: a failed write must not lose them
-                    self._buf[:0] = rows
+                self._failed = rows  # keep the rows: a failed write must not lose them
                 tmp.unlink(missing_ok=True)
                 raise
             self._files.append(path)
@@ -217,6 +225,56 @@ class DecisionLog:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
+    # ---- privacy -------------------------------------------------------------------------------
+    def erase(self, user_id: Any) -> bool:
+        """Drop every row of ``user_id``: from the buffer and from the files this log wrote.
+
+        Rows are matched on the id as the log writes it (text: ``5`` and ``"5"`` are one
+        user). Each file of :attr:`files` holding the user is rewritten without the user's
+        rows (atomically, as it was written); a file left with no rows stays, empty. Used by
+        :func:`bta.privacy.erase`.
+
+        Returns whether any row was dropped. ``None`` (requests without a usable id) is no
+        user: nothing is dropped.
+
+        Notes
+        -----
+        Only what this object holds is erased. Copies are the caller's to rewrite: the file
+        of :meth:`write_parquet`, files other processes (other log ids) wrote into the same
+        directory, or logs of earlier runs; :func:`erase_parquet` rewrites one such file.
+
+        Raises
+        ------
+        OSError
+            If a file cannot be rewritten (the files before it are already rewritten; the
+            call can be repeated).
+        """
+        key = _user_str(user_id)
+        if key is None:
+            return False
+        self._lock.acquire()
+        try:
+            self._io_lock.acquire()  # no write in flight: its rows are in a file or the buffer
+        except BaseException:
+            self._lock.release()
+            raise
+        try:
+            try:
+                n_buf = len(self._failed) + len(self._buf)
+                self._failed = [d for d in self._failed if _user_str(d.user_id) != key]
+                self._buf = [d for d in self._buf if _user_str(d.user_id) != key]
+                n_buf -= len(self._failed) + len(self._buf)
+            finally:
+                self._lock.release()  # appenders may go on while the files are rewritten
+            n_files = 0
+            for path in self._files:
+                n = erase_parquet(path, key)
+                self._n_written -= n
+                n_files += n
+        finally:
+            self._io_lock.release()
+        return bool(n_buf or n_files)
+
     # ---- reading -------------------------------------------------------------------------------
     @property
     def files(self) -> tuple[Path, ...]:
@@ -231,13 +289,13 @@ class DecisionLog:
 
     def __len__(self) -> int:
         with self._lock, self._io_lock:
-            return self._n_written + len(self._buf)
+            return self._n_written + len(self._failed) + len(self._buf)
 
     def to_table(self) -> pa.Table:
         """Every row (written files, then the buffer) as one Arrow table, in append order."""
         with self._lock, self._io_lock:
             files = list(self._files)
-            buf = list(self._buf)
+            buf = self._failed + self._buf
         parts = [pq.read_table(f, schema=DECISION_SCHEMA) for f in files]
         parts.append(decisions_table(buf))
         return pa.concat_tables(parts)
@@ -255,6 +313,61 @@ class DecisionLog:
     def __repr__(self) -> str:
         where = "memory" if self.directory is None else str(self.directory)
         return f"DecisionLog({len(self)} rows, {where})"
+
+
+def erase_parquet(path: str | os.PathLike, user_id: Any, *, column: str = "user_id") -> int:
+    """Rewrite a Parquet file without the rows of ``user_id``; returns how many were dropped.
+
+    For decision logs (or any table with a user column) written outside a live
+    :class:`DecisionLog`. Ids are compared as text, as the decision log writes them. The file
+    is replaced atomically (written beside it, then renamed) and only when it held the user;
+    its schema and metadata are kept, its row-group layout is not.
+
+    Parameters
+    ----------
+    path : path
+        The Parquet file.
+    user_id : object
+        The user whose rows go (``None`` drops nothing).
+    column : str, default "user_id"
+        The column holding user ids.
+
+    Returns
+    -------
+    int
+        Rows dropped (0: the file was left untouched).
+
+    Raises
+    ------
+    SchemaError
+        If the file has no such column.
+    OSError
+        If the file cannot be read or replaced.
+    """
+    key = _user_str(user_id)
+    path = Path(path)
+    table = pq.read_table(path)
+    if column not in table.column_names:
+        raise SchemaError(f"{path.name}: no column {column!r} to erase a user from; got "
+                          f"columns {table.column_names}")
+    if key is None or table.num_rows == 0:
+        return 0
+    ids = table[column]
+    if not (pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type)):
+        ids = pc.cast(ids, pa.string())
+    # rows without an id (null) belong to no user: they stay
+    drop = pc.fill_null(pc.equal(ids, pa.scalar(key, type=ids.type)), False)
+    n = int(pc.sum(drop).as_py() or 0)
+    if n == 0:
+        return 0
+    tmp = path.with_name(path.name + f".{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        pq.write_table(table.filter(pc.invert(drop)), tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return n
 
 
 def _as_frame(data: Any, what: str) -> pd.DataFrame:

@@ -5,6 +5,12 @@ A store returns a :class:`Profile`: the user's stored feature entries in a fixed
 :class:`MemoryProfileStore` wraps :class:`~bta.features.OnlineProfiles` and a
 :class:`~bta.segment.book.SegmentBook`; :class:`~bta.serve.redis_store.RedisProfileStore` keeps
 the same profiles in Redis for a fleet of ad servers.
+
+Bulk reads: :meth:`MemoryProfileStore.get_block` reads many users, each at its own time, in
+one compiled call (:meth:`~bta.features.OnlineProfiles.vectors`) as a
+:class:`ProfileBlock` of arrays; :meth:`MemoryProfileStore.get_many` gives the same as
+:class:`Profile` objects. Both equal ``get`` per user exactly; the offline replay
+(:meth:`~bta.serve.engine.Engine.decide_batch`) reads through ``get_block``.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from bta.errors import ConfigError
 from bta.features import OnlineProfiles
 from bta.segment.book import SegmentBook
 
-__all__ = ["Profile", "ProfileStore", "MemoryProfileStore"]
+__all__ = ["Profile", "ProfileBlock", "ProfileStore", "MemoryProfileStore"]
 
 
 class Profile(NamedTuple):
@@ -29,6 +35,19 @@ class Profile(NamedTuple):
     segments: np.ndarray  #: bool flags over the store's ``segment_names``
     #: the names ``segments`` is aligned with (None: the store's current ``segment_names``)
     segment_names: tuple[str, ...] | None = None
+
+
+class ProfileBlock(NamedTuple):
+    """Many users' profiles as arrays (:meth:`MemoryProfileStore.get_block`): user ``i`` has a
+    profile where ``present[i]``, with entries ``indices[indptr[i]:indptr[i + 1]]`` (and
+    ``values``) and segment flags ``segments[i]``."""
+
+    present: np.ndarray   #: bool, shape (n_users,)
+    indptr: np.ndarray    #: int64, shape (n_users + 1,)
+    indices: np.ndarray   #: int32 feature columns
+    values: np.ndarray    #: float64 values
+    segments: np.ndarray  #: bool, shape (n_users, len(segment_names))
+    segment_names: tuple[str, ...]
 
 
 class ProfileStore(Protocol):
@@ -103,9 +122,62 @@ class MemoryProfileStore:
                                                   names)
         return Profile(vec[0], vec[1], flags, names)
 
-    def get_many(self, user_ids: Sequence[Any], as_of_ms: int | None = None
+    def get_block(self, user_ids: Sequence[Any], as_of_ms: Any = None) -> ProfileBlock:
+        """Many users' profiles as arrays, user ``i``'s equal to ``get(user_ids[i],
+        as_of_ms[i])``.
+
+        Parameters
+        ----------
+        user_ids : sequence of user ids, length n_users
+        as_of_ms : None, int or array-like of shape (n_users,)
+            One time (epoch ms) for all users or one per user (see :meth:`get`).
+
+        Returns
+        -------
+        ProfileBlock
+            Feature entries read in one compiled call
+            (:meth:`~bta.features.OnlineProfiles.vectors`), segment flags from the book.
+
+        Raises
+        ------
+        ConfigError
+            If ``as_of_ms`` is an array whose length is not the number of users.
+        TypeError
+            For an unhashable user id while a book is set (as :meth:`get`).
+        """
+        ids = user_ids if isinstance(user_ids, list) else list(user_ids)
+        names, rows, book = self._book_state  # one book for the whole block
+        indptr, indices, values, found = self.profiles.vectors(ids, as_of_ms)
+        n = len(ids)
+        segments = np.zeros((n, len(names)), dtype=bool)
+        present = found
+        if book is not None:
+            get = rows.get
+            r = np.fromiter((-1 if (x := get(u)) is None else x for u in ids),
+                            dtype=np.int64, count=n)
+            who = np.flatnonzero(r >= 0)
+            if who.size:
+                M = book.membership
+                lo, hi = M.indptr[r[who]], M.indptr[r[who] + 1]
+                lengths = (hi - lo).astype(np.int64)
+                # the CSR positions of every member row's entries, without a Python loop
+                pos = np.repeat(lo - np.cumsum(lengths) + lengths, lengths) + np.arange(
+                    int(lengths.sum()))
+                segments[np.repeat(who, lengths), M.indices[pos]] = True
+            present = found | (r >= 0)
+        return ProfileBlock(present, indptr, indices, values, segments, names)
+
+    def get_many(self, user_ids: Sequence[Any], as_of_ms: Any = None
                  ) -> list[Profile | None]:
-        return [self.get(u, as_of_ms) for u in user_ids]
+        """Profiles of many users, equal to ``[get(u, t) for u, t in zip(user_ids,
+        as_of_ms)]`` (``as_of_ms`` one time for all or one per user), read in bulk by
+        :meth:`get_block`."""
+        b = self.get_block(user_ids, as_of_ms)
+        ptr = b.indptr.tolist()
+        names = b.segment_names
+        return [Profile(b.indices[ptr[i]:ptr[i + 1]], b.values[ptr[i]:ptr[i + 1]],
+                        b.segments[i], names) if p else None
+                for i, p in enumerate(b.present.tolist())]
 
     def update(self, events: Any, **kwargs: Any):
         """Fold events into the online profiles (see :meth:`OnlineProfiles.update`)."""
