@@ -385,3 +385,28 @@ def test_users_with_only_denied_events_get_no_profile():
     assert (r.n_applied, r.n_excluded) == (1, 2)
     assert prof.users.tolist() == [2] and prof.n_users == 1
     assert not any("news" in n for n in prof.feature_names)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(df=frames(), spec=SPECS, users=st.integers(0, 50), events=st.integers(0, 500),
+       split=st.floats(0, 1))
+def test_reserve_changes_capacity_not_results(df, spec, users, events, split):
+    # reserve before anything, and again between two batches (live state must survive it)
+    cut = int(split * len(df))
+    plain = OnlineProfiles(spec)
+    plain.update(df, ts_unit="ms")
+    res = OnlineProfiles(spec).reserve(users=users, events=events)
+    res.update(df.iloc[:cut], ts_unit="ms")
+    res.reserve(users=2 * users + 8, events=2 * events + 64)
+    res.update(df.iloc[cut:], ts_unit="ms")
+    a, b = plain.features(), res.features()
+    assert a.feature_names == b.feature_names
+    np.testing.assert_array_equal(a.users, b.users)
+    for part in ("indptr", "indices", "data"):
+        np.testing.assert_array_equal(getattr(a.X, part), getattr(b.X, part))
+
+
+@pytest.mark.parametrize("kwargs", [{"users": -1}, {"events": 1.5}, {"users": True}])
+def test_reserve_rejects_bad_sizes(kwargs):
+    with pytest.raises(ConfigError, match=f"{next(iter(kwargs))} must be an integer"):
+        OnlineProfiles(FeatureSpec()).reserve(**kwargs)

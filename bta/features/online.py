@@ -464,6 +464,41 @@ class OnlineProfiles:
             self._CK = _grown(self._CK, 2 * self._CK.shape[0])
             self._CS = _grown(self._CS, 2 * self._CS.shape[0])
 
+    def reserve(self, users: int = 0, events: int = 0) -> "OnlineProfiles":
+        """Make room for ``users`` users and ``events`` events in the window of the longest
+        feature window, so the state tables, the cell and window pools and the id table do not
+        grow (copy, compact, fault in fresh pages) while serving. Optional: without it they
+        grow by doubling. Like ``reserve`` of a C++ vector: capacity only, no change in
+        results. Returns ``self``.
+        """
+        for name, v in (("users", users), ("events", events)):
+            check_param(name, v, isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+                        and 0 <= v <= 2**40, "an integer between 0 and 2**40")
+        users, events = int(users), int(events)
+        with self._lock:
+            if self._U.shape[0] < users:
+                old = self._U.shape[0]
+                self._U = _grown(self._U, users)
+                self._UF = _grown(self._UF, users)
+                self._U[old:, K.U_LAST_TS] = K.NO_TIME
+                self._U[old:, K.U_LAST_CONV] = K.NO_TIME
+            if self._int_ids and 4 * users > self._hkeys.shape[0]:
+                self._rehash(users)
+            # a user's runs double when full and leave their old room behind until the next
+            # compaction: twice the entries keeps most compactions away
+            if self._P.shape[0] < 2 * events:
+                self._P = _grown(self._P, 2 * events)
+            if self._CK.shape[0] < 2 * events:
+                self._CK = _grown(self._CK, 2 * events)
+                self._CS = _grown(self._CS, 2 * events)
+            # fault the pages in now, not on first use: the zeroed tables come from calloc,
+            # whose pages the kernel maps only when first written (a byte per page is written
+            # back with its own value: live state is untouched)
+            for a in (self._U, self._UF, self._P, self._CK, self._CS):
+                b = a.reshape(-1).view(np.uint8)
+                b[::4096] = b[::4096].copy()
+        return self
+
     # ---- reads ---------------------------------------------------------------------------------
     def features(self, as_of: Any = None, users: Iterable[Any] | None = None) -> FeatureMatrix:
         """Features at ``as_of`` (default: the latest event seen), like :func:`build_features`.
