@@ -136,3 +136,20 @@ def report_line(request, tag: str, line: str) -> None:
     if tr is not None and capture is not None:
         with capture.global_and_fixture_disabled():
             tr.write_line(f"[{tag}] {line}")
+
+
+# Above this many events a round takes seconds, so fewer rounds keep the full run to minutes.
+_LARGE = 2_000_000
+
+
+def bench_rounds(n_events: int, online: bool = False) -> tuple[int, int]:
+    """(rounds, warmup_rounds) for ``benchmark.pedantic``; ``BTA_BENCH_ROUNDS`` overrides the
+    rounds."""
+    raw = os.environ.get("BTA_BENCH_ROUNDS", "").strip()
+    if raw:
+        return max(1, int(raw)), 1
+    if n_events <= _LARGE:
+        return 7, 1
+    # At full size one online round feeds 2,000 micro-batches and takes minutes: one round
+    # already averages over many batches, and more would stretch the run past half an hour.
+    return (1, 0) if online else (3, 1)

@@ -7,7 +7,6 @@ run is documented in ``benchmarks/RESULTS.md``.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -16,25 +15,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _data import Events, bench_size, make_events  # noqa: E402
+from _data import Events, bench_rounds, bench_size, make_events  # noqa: E402
 from _peers import Cells, reference_cells  # noqa: E402
 
-# Above this many events a round takes seconds, so fewer rounds keep the full run to minutes.
-_LARGE = 2_000_000
 _RATES = pytest.StashKey[dict]()
-
-
-def bench_rounds(n_events: int, online: bool = False) -> tuple[int, int]:
-    """(rounds, warmup_rounds) for ``benchmark.pedantic``; ``BTA_BENCH_ROUNDS`` overrides the
-    rounds."""
-    raw = os.environ.get("BTA_BENCH_ROUNDS", "").strip()
-    if raw:
-        return max(1, int(raw)), 1
-    if n_events <= _LARGE:
-        return 7, 1
-    # At full size one online round feeds 2,000 micro-batches and takes minutes: one round
-    # already averages over many batches, and more would stretch the run past half an hour.
-    return (1, 0) if online else (3, 1)
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import bench_rounds
+from _data import bench_rounds
+
 
 ARMS = np.array(["control", "targeted", "lookalike", "rules"], dtype=object)
 DAYS = 14

@@ -26,8 +26,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from _data import bench_scale, make_events
-from conftest import bench_rounds
+from _data import bench_rounds, bench_scale, make_events
 
 distributed = pytest.importorskip("distributed")
 

@@ -190,3 +190,9 @@ def redis_prefix(redis_server: str) -> Iterator[str]:
             client.delete(*keys)
     finally:
         client.close()
+
+
+@pytest.fixture
+def redis_process() -> type[RedisProcess]:
+    """The private redis-server class, for tests that manage their own server (faults)."""
+    return RedisProcess

@@ -32,7 +32,6 @@ import pytest
 
 from bta.errors import StoreError
 from bta.serve import REASONS, Campaign, Creative, Engine, Experiment, RedisProfileStore
-from conftest import RedisProcess
 from test_fuzz import T0, make_world
 
 pytestmark = pytest.mark.redis
@@ -60,14 +59,8 @@ def unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
-def PersistentRedis(binary: str, data_dir: Path) -> RedisProcess:
-    """A private redis-server with an fsync-always append-only file in ``data_dir``, killed
-    with SIGKILL (no shutdown, no final save) and restarted on the same port and directory."""
-    return RedisProcess(binary, data_dir=data_dir, start_timeout_s=_START_S)
-
-
 @pytest.fixture
-def persistent_redis(tmp_path: Path) -> Iterator[RedisProcess]:
+def persistent_redis(tmp_path: Path, redis_process: Any) -> Iterator[Any]:
     try:
         import redis  # noqa: F401
     except ImportError:
@@ -75,7 +68,9 @@ def persistent_redis(tmp_path: Path) -> Iterator[RedisProcess]:
     binary = shutil.which("redis-server")
     if not binary:
         unavailable("the redis-server binary is not installed")
-    server = PersistentRedis(binary, tmp_path).start()
+    # a private redis-server with an fsync-always append-only file in tmp_path, killed with
+    # SIGKILL (no shutdown, no final save) and restarted on the same port and directory
+    server = redis_process(binary, data_dir=tmp_path, start_timeout_s=_START_S).start()
     try:
         yield server
     finally:
