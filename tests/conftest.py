@@ -193,6 +193,6 @@ def redis_prefix(redis_server: str) -> Iterator[str]:
 
 
 @pytest.fixture
-def redis_process() -> type[RedisProcess]:
+def redis_process_class() -> type[RedisProcess]:
     """The private redis-server class, for tests that manage their own server (faults)."""
     return RedisProcess

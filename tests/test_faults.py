@@ -60,7 +60,7 @@ def unavailable(reason: str) -> None:
 
 
 @pytest.fixture
-def persistent_redis(tmp_path: Path, redis_process: Any) -> Iterator[Any]:
+def persistent_redis(tmp_path: Path, redis_process_class: Any) -> Iterator[Any]:
     try:
         import redis  # noqa: F401
     except ImportError:
@@ -70,7 +70,7 @@ def persistent_redis(tmp_path: Path, redis_process: Any) -> Iterator[Any]:
         unavailable("the redis-server binary is not installed")
     # a private redis-server with an fsync-always append-only file in tmp_path, killed with
     # SIGKILL (no shutdown, no final save) and restarted on the same port and directory
-    server = redis_process(binary, data_dir=tmp_path, start_timeout_s=_START_S).start()
+    server = redis_process_class(binary, data_dir=tmp_path, start_timeout_s=_START_S).start()
     try:
         yield server
     finally:
