@@ -389,12 +389,15 @@ def test_ab_report_cuped_table_and_empty_partitions(client):
 
 def test_worker_killed_mid_computation_gives_same_result(client, events, reference):
     _, root = events
+    import dask
+
     part = bd.partition_by_user(bd.read_events(str(root)), 8, shuffle_method="tasks")
-    # a slow step per partition, so that the kill lands while partitions are in flight
-    slow = part.map_partitions(lambda df: (time.sleep(0.4), df)[1])
-    pf = bd.build_features(slow, SPEC, partitioned=True)
+    pf = bd.build_features(part, SPEC, partitioned=True)
+    # a slow last step per partition (after the global pass, which waits for every partition),
+    # so that the kill lands while partitions are still in flight on both workers
+    slow = [dask.delayed(lambda fm: (time.sleep(0.5), fm)[1])(p) for p in pf.partitions]
     before = client.run(os.getpid)
-    futures = client.compute(list(pf.partitions))
+    futures = client.compute(slow)
     next(distributed.as_completed(futures))
     victim = [addr for addr in before if addr in client.scheduler_info()["workers"]][0]
     assert sum(f.done() for f in futures) < len(futures)  # mid-computation
