@@ -142,6 +142,9 @@ def test_summarize_only(benchmark, ab_log, record_rate):
 
 @pytest.mark.benchmark(group="ab_report")
 def test_peer_pandas_stats(benchmark, ab_log, record_rate):
+    from bta.evaluate.ab import summarize
+
+    assert_same_stats(summarize(ab_log), pandas_stats(ab_log))
     rounds, warm = bench_rounds(len(ab_log))
     benchmark.pedantic(pandas_stats, args=(ab_log,), rounds=rounds, iterations=1,
                        warmup_rounds=warm)

@@ -310,12 +310,18 @@ class OnlineProfiles:
             if self.privacy is not None:
                 ingest.setdefault("privacy", self.privacy)
             log = EventLog.from_any(events, columns=columns, **ingest)
+            if self.privacy is not None and ingest.get("privacy") is self.privacy:
+                # ingestion has just screened every row with this very policy
+                return self._update_log(log, screened=True)
         return self.update_log(log)
 
     def update_log(self, log: EventLog) -> UpdateResult:
         """Fold the events of an :class:`~bta.events.EventLog` into the profiles."""
+        return self._update_log(log, screened=False)
+
+    def _update_log(self, log: EventLog, screened: bool) -> UpdateResult:
         with self._lock:
-            screen = self._screen(log)
+            screen = _Screen() if screened else self._screen(log)
             rows = screen.rows
             user, category = log.user, log.category
             ts, event, value = log.ts, log.event, log.value
@@ -356,14 +362,7 @@ class OnlineProfiles:
             ev_slot, weights, ev_map = self._events_of(log.event_types)
             slots = slot_of_code[user]
             events = ev_map[event]
-            n_slots = len(self._user_ids)
-            if self._U.shape[0] < n_slots:
-                old = self._U.shape[0]
-                self._U = _grown(self._U, n_slots)
-                self._UF = _grown(self._UF, n_slots)
-                # fresh rows: the state user_init gives (the run columns stay 0: no run yet)
-                self._U[old:, K.U_LAST_TS] = K.NO_TIME
-                self._U[old:, K.U_LAST_CONV] = K.NO_TIME
+            self._grow_users(len(self._user_ids))
             applied, excluded = self._apply(slots, ts, events, cats, value, ev_slot, weights)
             if applied:
                 self._latest = max(self._latest, int(ts.max()))
@@ -446,6 +445,16 @@ class OnlineProfiles:
         order = np.flatnonzero((U[:, lc_col] >> 32) > 0)
         return order[np.argsort(U[order, start_col], kind="stable")]
 
+    def _grow_users(self, n: int) -> None:
+        """Room for ``n`` user rows; fresh rows hold the state ``user_init`` gives (the run
+        columns stay 0: no run yet)."""
+        if self._U.shape[0] < n:
+            old = self._U.shape[0]
+            self._U = _grown(self._U, n)
+            self._UF = _grown(self._UF, n)
+            self._U[old:, K.U_LAST_TS] = K.NO_TIME
+            self._U[old:, K.U_LAST_CONV] = K.NO_TIME
+
     def _grow_pool(self, force: bool = False) -> None:
         """Called when the window-buffer pool is full: compact it in place (relocated runs
         leave holes behind), then double it unless at least half of it is free (or ``force``).
@@ -476,12 +485,7 @@ class OnlineProfiles:
                         and 0 <= v <= 2**40, "an integer between 0 and 2**40")
         users, events = int(users), int(events)
         with self._lock:
-            if self._U.shape[0] < users:
-                old = self._U.shape[0]
-                self._U = _grown(self._U, users)
-                self._UF = _grown(self._UF, users)
-                self._U[old:, K.U_LAST_TS] = K.NO_TIME
-                self._U[old:, K.U_LAST_CONV] = K.NO_TIME
+            self._grow_users(users)
             if self._int_ids and 4 * users > self._hkeys.shape[0]:
                 self._rehash(users)
             # a user's runs double when full and leave their old room behind until the next
