@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -160,8 +161,9 @@ def redis_server() -> Iterator[str]:
 
 
 @pytest.fixture
-def redis_process() -> Iterator[RedisProcess]:
-    """A private redis-server that the test may stop and restart on the same port."""
+def redis_binary() -> str:
+    """Path of the redis-server binary (skips locally, fails in CI when it or redis-py is
+    missing)."""
     try:
         import redis  # noqa: F401
     except ImportError:
@@ -169,7 +171,13 @@ def redis_process() -> Iterator[RedisProcess]:
     binary = shutil.which("redis-server")
     if not binary:
         unavailable("the redis-server binary is not installed")
-    server = RedisProcess(binary).start()
+    return binary
+
+
+@pytest.fixture
+def redis_process(redis_binary: str) -> Iterator[RedisProcess]:
+    """A private redis-server that the test may stop and restart on the same port."""
+    server = RedisProcess(redis_binary).start()
     try:
         yield server
     finally:
@@ -193,6 +201,14 @@ def redis_prefix(redis_server: str) -> Iterator[str]:
 
 
 @pytest.fixture
-def redis_process_class() -> type[RedisProcess]:
-    """The private redis-server class, for tests that manage their own server (faults)."""
-    return RedisProcess
+def persistent_redis(tmp_path: Path, redis_binary: str) -> Iterator[RedisProcess]:
+    """A private redis-server with an fsync-always append-only file in ``tmp_path``: killed
+    (SIGKILL, no shutdown, no final save) and restarted on the same port and directory, it
+    comes back with every write it acknowledged."""
+    server = RedisProcess(redis_binary, data_dir=tmp_path, start_timeout_s=20.0).start()
+    try:
+        yield server
+    finally:
+        if server.proc is not None and server.proc.poll() is None:
+            os.kill(server.proc.pid, signal.SIGCONT)  # in case a test left it stopped
+        server.stop()

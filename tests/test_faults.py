@@ -20,12 +20,10 @@ they fail instead (see ``tests/conftest.py``).
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import threading
 import time
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -47,36 +45,6 @@ FALLBACKS = {"fallback:store_error", "fallback:timeout"}
 #: Writes acknowledged by the publisher go to users from here on, one fresh key per write, so
 #: that a later write can never hide the loss of an earlier one.
 WRITE_BASE = 1_000_000
-_START_S = 20.0
-
-
-# The functions below repeat three small ones of tests/conftest.py: a test module cannot import
-# from conftest by name when benchmarks/conftest.py is collected in the same run.
-def unavailable(reason: str) -> None:
-    """Skip locally, fail in CI (as the conftest's Redis fixtures do)."""
-    if os.environ.get("CI", "").strip().lower() == "true":
-        pytest.fail(f"Redis is required when CI=true: {reason}", pytrace=False)
-    pytest.skip(reason)
-
-
-@pytest.fixture
-def persistent_redis(tmp_path: Path, redis_process_class: Any) -> Iterator[Any]:
-    try:
-        import redis  # noqa: F401
-    except ImportError:
-        unavailable("the redis package is not installed (pip install 'bta[redis]')")
-    binary = shutil.which("redis-server")
-    if not binary:
-        unavailable("the redis-server binary is not installed")
-    # a private redis-server with an fsync-always append-only file in tmp_path, killed with
-    # SIGKILL (no shutdown, no final save) and restarted on the same port and directory
-    server = redis_process_class(binary, data_dir=tmp_path, start_timeout_s=_START_S).start()
-    try:
-        yield server
-    finally:
-        if server.proc is not None and server.proc.poll() is None:
-            os.kill(server.proc.pid, signal.SIGCONT)  # in case a test left it stopped
-        server.stop()
 
 
 @pytest.fixture(scope="module")
