@@ -65,9 +65,17 @@ def serving_jit(signature: Any = None) -> Callable:
     return _jit({"cache": True, "nogil": True, "fastmath": set(FASTMATH)}, signature)
 
 
-def exact_jit(signature: Any = None) -> Callable:
-    """Decorator for kernels that must be bit-identical wherever they are called."""
-    return _jit({"cache": True, "nogil": True}, signature)
+def exact_jit(signature: Any = None, *, inline: bool = False) -> Callable:
+    """Decorator for kernels that must be bit-identical wherever they are called.
+
+    ``inline=True`` inlines the function into its callers at numba's IR level: for small
+    helpers called in a kernel's inner loop with array arguments, where a real call (array
+    structs passed and reference-counted per call) would cost more than the work.
+    """
+    opts: dict[str, Any] = {"cache": True, "nogil": True}
+    if inline:
+        opts["inline"] = "always"
+    return _jit(opts, signature)
 
 
 def batch_jit(parallel: bool = False, fastmath: bool = False) -> Callable:

@@ -187,6 +187,7 @@ class OnlineProfiles:
             raise ConfigError("grow_categories=False needs the categories to fix the layout")
         self._fixed_categories = () if categories is None else tuple(categories)
         self._layout_cache: tuple[int, Any] | None = None
+        self._emit_cache: tuple | None = None  # (layout, emit_one's layout arguments)
         for c in self._fixed_categories:
             self._add_category(c, fixed=True)
         self._U = _aligned((0, OK_.N_H), np.int64)
@@ -582,22 +583,31 @@ class OnlineProfiles:
         if s is None:
             return None
         with self._lock:
-            if self._user_slot.get(user_id) != s or self._U[s, K.U_N_EVENTS] == 0:
+            U = self._U
+            if self._user_slot.get(user_id) != s or U.item(s, K.U_N_EVENTS) == 0:
                 return None  # erased meanwhile, or no counted event
-            last = int(self._U[s, K.U_LAST_TS])
+            last = U.item(s, K.U_LAST_TS)
             t = last
             if as_of_ms is not None:
                 try:
                     t = max(last, min(int(as_of_ms), _INT64_MAX))
                 except (TypeError, ValueError, OverflowError):
                     return None
-            layout = self.layout
+            return OK_.emit_one(s, t, *self._emit_args(), U, self._UF, self._CK, self._CS,
+                                self._P)
+
+    def _emit_args(self) -> tuple:
+        """The layout and spec arguments of ``emit_one`` (cached with the layout: a request
+        reads one profile, and converting these per call would cost as much as the read)."""
+        layout = self.layout
+        cached = self._emit_cache
+        if cached is None or cached[0] is not layout:
             spec = self.spec
-            return OK_.emit_one(
-                np.int64(s), np.int64(t), layout.cat_slot, np.int64(layout.n_cat),
-                np.int64(layout.pv_slot), spec.windows_ms, np.int64(spec.bucket_ms),
-                spec.half_life_ms, spec.ctr_prior[0], spec.ctr_prior[1], spec.user_features,
-                np.int64(len(spec.events)), self._U, self._UF, self._CK, self._CS, self._P)
+            cached = self._emit_cache = (layout, (
+                layout.cat_slot, int(layout.n_cat), int(layout.pv_slot), spec.windows_ms,
+                int(spec.bucket_ms), float(spec.half_life_ms), float(spec.ctr_prior[0]),
+                float(spec.ctr_prior[1]), bool(spec.user_features), len(spec.events)))
+        return cached[1]
 
     def vectors(self, user_ids: Iterable[Any], as_of_ms: Any = None
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

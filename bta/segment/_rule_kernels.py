@@ -83,25 +83,30 @@ def eval_row(code, consts, columns, nan_absent, seg_flags, indices, values, stac
         s = np.searchsorted(columns, indices[k])
         if s < n_slots and columns[s] == indices[k]:
             local[s] = values[k]
-    return run_code(code, consts, local, seg_flags, np.empty(max(stack_size, 1)))
+    return run_code(code, 0, code.shape[0], consts, 0, local, seg_flags, 0,
+                    np.empty(max(stack_size, 1)))
 
 
-@exact_jit()
-def run_code(code, consts, local, seg_flags, stack):
-    """Run postfix ``code`` with the rule's feature values in ``local`` (slot order) and a
-    caller-supplied ``stack`` (at least the rule's stack size); returns the condition."""
+@exact_jit(inline=True)
+def run_code(code, c0, c1, consts, k0, local, seg_flags, f0, stack):
+    """Run the postfix code ``code[c0:c1]`` with its constants from ``consts[k0:]``, the rule's
+    feature values in ``local`` (slot order), its segment flags from ``seg_flags[f0:]`` and a
+    caller-supplied ``stack`` (at least the rule's stack size); returns the condition.
+
+    Offsets rather than slices, and inlined into its callers: packed rules run hundreds per
+    request, and a call with sliced array arguments costs more than a short rule."""
     sp = 0
-    for pc in range(code.shape[0]):
+    for pc in range(c0, c1):
         op = code[pc, 0]
         arg = code[pc, 1]
         if op == OP_CONST:
-            stack[sp] = consts[arg]
+            stack[sp] = consts[k0 + arg]
             sp += 1
         elif op == OP_FEATURE:
             stack[sp] = local[arg]
             sp += 1
         elif op == OP_SEGMENT:
-            stack[sp] = 1.0 if seg_flags[arg] else 0.0
+            stack[sp] = 1.0 if seg_flags[f0 + arg] else 0.0
             sp += 1
         elif op == OP_NEG:
             stack[sp - 1] = -stack[sp - 1]

@@ -1,5 +1,6 @@
 """Serving kernels: targeting rules for one user or many, BLAKE2b hashing of many keys, the
-choice policies, and the sequential pass of a replay (budgets, pacing, caps, choice)."""
+choice policies, a request's eligibility and choice (``Engine.decide``), and the sequential
+pass of a replay (budgets, pacing, caps, choice), which shares the request's steps."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import numpy as np
 from bta._jit import exact_jit, serving_jit
 from bta.segment._rule_kernels import run_code
 
-__all__ = ["eval_rules", "eval_rules_batch", "hash_units", "softmax_choose", "replay"]
+__all__ = ["eval_rules", "eval_rules_batch", "eligible_one", "scatter_row", "score_choose",
+           "hash_units", "softmax_choose", "replay"]
 
 
 @serving_jit()
@@ -33,15 +35,17 @@ def eval_rules(code, code_off, consts, consts_off, columns, col_off, nan_absent,
             dense[j] = values[k]
             present[j] = True
     max_slots = 1
-    max_segs = 1
     max_stack = 1
     for r in range(n_rules):
         max_slots = max(max_slots, col_off[r + 1] - col_off[r])
-        max_segs = max(max_segs, seg_off[r + 1] - seg_off[r])
         max_stack = max(max_stack, stack_sizes[r])
     local = np.empty(max_slots)
-    flags = np.zeros(max_segs, dtype=np.bool_)
     stack = np.empty(max_stack)
+    # every rule's segment slots at once; rule r reads its own from seg_off[r]
+    flags = np.zeros(max(seg_map.shape[0], 1), dtype=np.bool_)
+    for k in range(seg_map.shape[0]):
+        m = seg_map[k]
+        flags[k] = m >= 0 and user_segments[m]
     for r in range(n_rules):
         c0 = col_off[r]
         n_slots = col_off[r + 1] - c0
@@ -53,12 +57,8 @@ def eval_rules(code, code_off, consts, consts_off, columns, col_off, nan_absent,
                 local[s] = np.nan
             else:
                 local[s] = 0.0
-        s0 = seg_off[r]
-        for k in range(s0, seg_off[r + 1]):
-            m = seg_map[k]
-            flags[k - s0] = m >= 0 and user_segments[m]
-        out[r] = run_code(code[code_off[r]:code_off[r + 1]],
-                          consts[consts_off[r]:consts_off[r + 1]], local[:n_slots], flags, stack)
+        out[r] = run_code(code, code_off[r], code_off[r + 1], consts, consts_off[r], local,
+                          flags, seg_off[r], stack)
 
 
 @serving_jit()
@@ -243,6 +243,93 @@ def _policy(kind, param, scores, n, u, p):
     return min(int(u * n), n - 1), 1.0 / n
 
 
+# ---- one request (Engine.decide) ----------------------------------------------------------------
+@serving_jit()
+def csr_row_flags(indptr, indices, r, out):
+    """``out[j] = True`` for the columns of row ``r`` of a CSR matrix (a user's segments)."""
+    for k in range(indptr[r], indptr[r + 1]):
+        out[indices[k]] = True
+
+
+@exact_jit()
+def _campaign_ok(t, start, end, any_budget, budget, even, slack, spent):
+    """Whether a campaign may serve at ``t``: in flight (``start <= t < end``), and with
+    ``spent`` under its budget (paced evenly over the flight when ``even``). Shared by a
+    request and a replay; scalar arguments, since it runs once per campaign."""
+    if not (start <= t and t < end):
+        return False
+    if any_budget:
+        allowed = budget
+        if even:
+            frac = (t - start) / np.float64(end - start)
+            frac = min(max(frac, 0.0), 1.0)
+            allowed = min(budget, budget * (frac + slack))
+        return spent < allowed
+    return True
+
+
+@exact_jit()
+def eligible_one(t, path, ctx_ok, capped, start, end, any_budget, budget, even, slack, spend,
+                 slot, targeted, rule, hits, scorer, need, cand):
+    """The eligible campaigns of one request, in campaign order; returns how many.
+
+    ``path`` 0 (targeted): every campaign whose targeting rule holds (``hits[rule[c]]``) or
+    that has none; ``need[s]`` is set for each scorer ``s`` a candidate prices with. ``path``
+    1 (untargeted): only campaigns without targeting. Both: in flight and under budget
+    (:func:`_campaign_ok`), context met (``ctx_ok[c]``; empty: no context targeting) and not
+    frequency-capped for the user (``capped[c]``; empty: nothing capped).
+    """
+    need[:] = False
+    has_ctx = ctx_ok.shape[0] > 0
+    has_cap = capped.shape[0] > 0
+    n = 0
+    for c in range(start.shape[0]):
+        if targeted[c] and (path != 0 or not hits[rule[c]]):
+            continue
+        if (has_ctx and not ctx_ok[c]) or (has_cap and capped[c]):
+            continue
+        if not _campaign_ok(t, start[c], end[c], any_budget, budget[c], even[c], slack[c],
+                            spend[slot[c]]):
+            continue
+        cand[n] = c
+        n += 1
+        if path == 0 and scorer[c] >= 0:
+            need[scorer[c]] = True
+    return n
+
+
+@exact_jit()
+def scatter_row(default, fmap, indices, values, x):
+    """A scorer's dense feature row from a sparse profile: ``x = default``, then each entry
+    whose store column the scorer reads (``fmap[column] >= 0``) in its place."""
+    x[:] = default
+    for k in range(indices.shape[0]):
+        j = fmap[indices[k]]
+        if j >= 0:
+            x[j] = values[k]
+
+
+@exact_jit()
+def _ecpm_of(base, ctr, per_ctr):
+    """Expected value of 1,000 impressions: ``base + ctr * per_ctr`` (see Engine)."""
+    return base + ctr * per_ctr
+
+
+@exact_jit()
+def score_choose(cand, n, path, scorer, ctr, prior, base, per_ctr, kind, param, u, sc, p):
+    """Scores ``sc[:n]`` of the candidates ``cand[:n]`` (eCPM with the scorer's click
+    probability ``ctr[s]`` on the targeted path, else the campaign's prior) and the policy's
+    choice (:func:`_policy`) as (position, probability); ``kind < 0`` only scores (the
+    caller's own policy chooses) and returns (-1, 0.0)."""
+    for i in range(n):
+        c = cand[i]
+        s = scorer[c]
+        sc[i] = _ecpm_of(base[c], prior[c] if path != 0 or s < 0 else ctr[s], per_ctr[c])
+    if kind < 0:
+        return -1, 0.0
+    return _policy(kind, param, sc, n, u, p)
+
+
 # ---- the sequential part of a replay -------------------------------------------------------------
 @exact_jit()
 def _hist_count(head, ev_t, ev_key, ev_next, key, t, window):
@@ -311,15 +398,9 @@ def replay(mode, reason, ts, ucode, ctx, prow, rid_data, rid_off, pre_choose, pr
         t = ts[i]
         u = ucode[i] if mode[i] != 2 else -1
         for c in range(n_c):
-            good = start[c] <= t and t < end[c] and ctx_ok[ctx[i], c]
-            if good and any_budget:
-                allowed = budget[c]
-                if even[c]:
-                    frac = (t - start[c]) / np.float64(end[c] - start[c])
-                    frac = min(max(frac, 0.0), 1.0)
-                    allowed = min(budget[c], budget[c] * (frac + slack[c]))
-                good = spend[slot[c]] < allowed
-            ok[c] = good
+            ok[c] = ctx_ok[ctx[i], c] and _campaign_ok(t, start[c], end[c], any_budget,
+                                                       budget[c], even[c], slack[c],
+                                                       spend[slot[c]])
         h = head[u] if u >= 0 else -1
         if any_caps and h >= 0:
             e = h
@@ -346,7 +427,7 @@ def replay(mode, reason, ts, ucode, ctx, prow, rid_data, rid_off, pre_choose, pr
                 if ok[c] and (not targeted[c] or hits[q, rule[c]]):
                     cand[n] = c
                     s = scorer[c]
-                    sc[n] = base[c] + (prior[c] if s < 0 else ctr[q, s]) * per_ctr[c]
+                    sc[n] = _ecpm_of(base[c], prior[c] if s < 0 else ctr[q, s], per_ctr[c])
                     n += 1
             if n > 0:
                 path = 0
@@ -357,7 +438,7 @@ def replay(mode, reason, ts, ucode, ctx, prow, rid_data, rid_off, pre_choose, pr
             for c in range(n_c):
                 if ok[c] and not targeted[c]:
                     cand[n] = c
-                    sc[n] = base[c] + prior[c] * per_ctr[c]
+                    sc[n] = _ecpm_of(base[c], prior[c], per_ctr[c])
                     n += 1
         o_targeted[i] = path == 0
         o_camp[i] = -1

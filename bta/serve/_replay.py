@@ -27,13 +27,11 @@ from bta.serve.engine import (
     _ctx_values, _now_ms, _parse, _safe_request_id, _segments_for, _Snapshot, decisions_frame,
     request_profile,
 )
-from bta.serve.policy import EpsilonGreedy, Greedy, Softmax, Uniform
 from bta.serve.store import Profile, ProfileBlock
 
 __all__ = ["decide_batch"]
 
 _REASON_CODE = {r: i for i, r in enumerate(REASONS)}
-_BATCH_POLICIES = (Greedy, EpsilonGreedy, Softmax, Uniform)
 # the dtype pandas gives text columns built from Python strings (str from pandas 3 on)
 _STR = pd.DataFrame({'x': ['a']})['x'].dtype
 _TO_NO_FILL = np.array([r in ("targeted", "control", "holdout") for r in REASONS])
@@ -43,12 +41,11 @@ _SCORE_BLOCK = 4_096  # rows per scorer call: bounds the dense feature block's m
 def decide_batch(engine: Engine, requests: Any, chunk: int) -> pd.DataFrame:
     """The decisions of :meth:`Engine.decide_batch` (``chunk`` already validated)."""
     snap = engine._snap  # one configuration for the whole replay
-    kinds = [getattr(p, "kind", None) for p in (snap.policy, snap.untargeted_policy)]
-    if not all(type(p) in _BATCH_POLICIES for p in (snap.policy, snap.untargeted_policy)):
+    if min(snap.pol_kind) < 0:
         # a policy of the caller's own: only its Python choose() knows what it does
         it = requests.to_dict("records") if isinstance(requests, pd.DataFrame) else requests
         return decisions_frame([engine.decide(r).as_dict() for r in it])
-    plan = _Plan(snap, kinds)
+    plan = _Plan(snap)
     # distinct profiles kept scored: a bounded table (at least one chunk's worth)
     row_bytes = max(snap.n_rules, 1) + 8 * max(len(snap.scorers), 1) + _PROFILE_ROW_OVERHEAD
     table = _ProfileTable(engine, snap, max(chunk, min(_PROFILE_TABLE_MAX,
@@ -74,7 +71,7 @@ def decide_batch(engine: Engine, requests: Any, chunk: int) -> pd.DataFrame:
 class _Plan:
     """A snapshot's campaigns as the flat arrays the replay kernel reads."""
 
-    def __init__(self, snap: _Snapshot, kinds: list[int]):
+    def __init__(self, snap: _Snapshot):
         cs = snap.campaigns
         self.cre_off = np.concatenate([[0], np.cumsum([len(c.creatives) for c in cs])]
                                       ).astype(np.int64)
@@ -85,8 +82,8 @@ class _Plan:
         self.cap_max = np.array([cap.max_impressions for cap in caps], dtype=np.int64)
         self.cap_cre = np.array([cap.scope == "creative" for cap in caps], dtype=bool)
         self.is_cpm = snap.pricing == _PRICING["cpm"]
-        self.pol = np.array(kinds, dtype=np.int64)
-        self.pol_param = np.array([float(snap.policy.param), float(snap.untargeted_policy.param)])
+        self.pol = np.array(snap.pol_kind, dtype=np.int64)
+        self.pol_param = np.array(snap.pol_param, dtype=np.float64)
         f = snap.fallback
         self.creative_ids = np.array([cr.id for c in cs for cr in c.creatives]
                                      + [cr.id for cr in f.creatives], dtype=object)
@@ -95,8 +92,8 @@ class _Plan:
         ecpm = f.bid if f.pricing == "cpm" else f.bid * f.prior_ctr * 1000.0
         self.house_score = float(ecpm)
         self.house_price = float(f.bid if f.pricing == "cpm" else ecpm)
-        self.any_budget = bool(np.isfinite(snap.budget).any())
-        self.any_caps = bool(snap.has_caps.any())
+        self.any_budget = snap.any_budget
+        self.any_caps = snap.any_caps
         # creative ids -> codes (the creative caps compare ids, across campaigns and swaps)
         self.cre_code = {cr.id: int(self.cre_off[i]) + k for i, c in enumerate(cs)
                          for k, cr in enumerate(c.creatives)}

@@ -48,8 +48,9 @@ import threading
 import time
 import uuid
 from collections import OrderedDict, deque
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -178,6 +179,37 @@ class _Snapshot:
     contexts: tuple  # per campaign: its normalized context targeting, or None
     has_context: bool
     ctx_cache: dict  # request context key -> eligible-by-context mask (bounded, see _ctx_mask)
+    any_budget: bool  # some campaign has a budget
+    any_caps: bool  # some campaign has frequency caps
+    pol_kind: tuple  # [targeted, untargeted] policy kind for the compiled choice; -1: own
+    pol_param: tuple  # ... and its parameter
+    n_features: int  # columns of the store's feature layout
+    # per campaign, what the choice reads: (campaign, price if CPM else None, creative ids,
+    # whether it has creative-scope caps)
+    serving: tuple
+
+
+class _Scratch:
+    """One thread's work arrays for the requests of one snapshot."""
+
+    __slots__ = ("snap", "hits", "need", "cand", "sc", "p", "ctr", "x")
+
+    def __init__(self, snap: _Snapshot):
+        n = len(snap.campaigns)
+        self.snap = snap
+        self.hits = np.zeros(max(snap.n_rules, 1), dtype=np.bool_)
+        self.need = np.zeros(max(len(snap.scorers), 1), dtype=np.bool_)
+        self.cand = np.zeros(max(n, 1), dtype=np.int64)
+        self.sc = np.zeros(max(n, 1))
+        self.p = np.zeros(max(n, 1))
+        self.ctr = np.zeros(max(len(snap.scorers), 1))
+        self.x = [np.zeros(d.shape[0]) for d in snap.scorer_defaults]
+
+
+#: the built-in policies, which the compiled choice (and a replay) runs by their ``kind``
+BUILTIN_POLICIES = (Greedy, EpsilonGreedy, Softmax, Uniform)
+_NONE_CAPPED = np.zeros(0, dtype=np.bool_)  # read-only markers for "nothing" (empty arrays)
+_NO_MASK = np.zeros(0, dtype=np.bool_)
 
 
 class Engine:
@@ -253,6 +285,7 @@ class Engine:
         self._pending_lock = threading.Lock()
         self._n_expired = 0
         self._runtime_lock = threading.Lock()
+        self._tls = threading.local()  # per thread: work arrays of the request path
         # spend per campaign lives in one array indexed by a slot per campaign id that
         # survives swaps; a snapshot maps its campaigns to slots (slot_of)
         self._slot: dict[str, int] = {}
@@ -438,7 +471,17 @@ class Engine:
                                    for c in campaigns]),
             index_of={c.id: i for i, c in enumerate(campaigns)},
             contexts=tuple(c.context for c in campaigns),
-            has_context=any(c.context is not None for c in campaigns), ctx_cache={})
+            has_context=any(c.context is not None for c in campaigns), ctx_cache={},
+            any_budget=any(c.budget is not None for c in campaigns),
+            any_caps=any(bool(c.caps) for c in campaigns),
+            pol_kind=tuple(int(p.kind) if type(p) in BUILTIN_POLICIES else -1
+                           for p in (policy, untargeted_policy)),
+            pol_param=tuple(float(p.param) if type(p) in BUILTIN_POLICIES else 0.0
+                            for p in (policy, untargeted_policy)),
+            n_features=len(names),
+            serving=tuple((c, float(c.bid) if c.pricing == "cpm" else None,
+                           tuple(cr.id for cr in c.creatives),
+                           any(cap.scope == "creative" for cap in c.caps)) for c in campaigns))
 
     # ---- deciding ------------------------------------------------------------------------------
     def decide(self, request: Request | Mapping[str, Any]) -> Decision:
@@ -629,44 +672,37 @@ class Engine:
             cache[ctx] = mask
         return mask
 
-    def _eligible_base(self, snap: _Snapshot, user_id: Any, ts: int,
-                       mask: np.ndarray | None) -> np.ndarray:
-        """Flight, context, budget/pacing and frequency caps for every campaign."""
-        ok = (snap.start <= ts) & (ts < snap.end)
-        if mask is not None:
-            ok &= mask
-        if np.isfinite(snap.budget).any():
-            spend = self._spend_arr[snap.slot_of]
-            allowed = snap.budget.copy()
-            even = snap.pacing_even
-            if even.any():
-                span = (snap.end[even] - snap.start[even]).astype(np.float64)
-                frac = np.clip((ts - snap.start[even]) / span, 0.0, 1.0)
-                allowed[even] = np.minimum(snap.budget[even],
-                                           snap.budget[even] * (frac + snap.slack[even]))
-            ok &= spend < allowed
-        if snap.has_caps.any() and user_id is not None:
-            # a snapshot: another thread may append to the user's deque meanwhile (copying a
-            # deque is one C call under the GIL; iterating it live can fail mid-way)
-            hist = tuple(self._history.get(user_id) or ())
-            if hist:
-                # only campaigns in the user's (short) history can have reached a cap
-                seen: dict[str, list[int]] = {}
-                for t, cid, _crid in hist:
-                    seen.setdefault(cid, []).append(t)
-                for cid, times in seen.items():
-                    i = snap.index_of.get(cid)
-                    if i is None or not ok[i] or not snap.has_caps[i]:
-                        continue
-                    c = snap.campaigns[i]
-                    for cap in c.caps:
-                        if cap.scope == "campaign" and sum(
-                                1 for t in times if ts - t < cap.window_ms) >= cap.max_impressions:
-                            ok[i] = False
-                            break
-                    if ok[i] and not self._creative_ok(c, user_id, ts):
-                        ok[i] = False  # every creative capped: the campaign cannot serve
-        return ok
+    def _capped(self, snap: _Snapshot, user_id: Any, ts: int) -> np.ndarray:
+        """Per campaign: whether the user reached one of its frequency caps (a campaign-scope
+        cap, or creative-scope caps on every creative); empty when nothing can be capped."""
+        if not snap.any_caps or user_id is None:
+            return _NONE_CAPPED
+        live = self._history.get(user_id)
+        if not live:
+            return _NONE_CAPPED
+        # a snapshot: another thread may append to the user's deque meanwhile (copying a
+        # deque is one C call under the GIL; iterating it live can fail mid-way)
+        hist = tuple(live)
+        if not hist:
+            return _NONE_CAPPED
+        capped = np.zeros(len(snap.campaigns), dtype=bool)
+        # only campaigns in the user's (short) history can have reached a cap
+        seen: dict[str, list[int]] = {}
+        for t, cid, _crid in hist:
+            seen.setdefault(cid, []).append(t)
+        for cid, times in seen.items():
+            i = snap.index_of.get(cid)
+            if i is None or not snap.has_caps[i]:
+                continue
+            c = snap.campaigns[i]
+            for cap in c.caps:
+                if cap.scope == "campaign" and sum(
+                        1 for t in times if ts - t < cap.window_ms) >= cap.max_impressions:
+                    capped[i] = True
+                    break
+            if not capped[i] and not self._creative_ok(c, user_id, ts):
+                capped[i] = True  # every creative capped: the campaign cannot serve
+        return capped
 
     def _creative_ok(self, c: Campaign, user_id: Any, ts: int) -> list[int]:
         caps = [cap for cap in c.caps if cap.scope == "creative"]
@@ -680,78 +716,111 @@ class Engine:
                 out.append(k)
         return out
 
+    def _scratch(self, snap: _Snapshot) -> _Scratch:
+        """This thread's work arrays for requests under ``snap`` (no allocation per request)."""
+        sc = getattr(self._tls, "scratch", None)
+        if sc is None or sc.snap is not snap:
+            sc = self._tls.scratch = _Scratch(snap)
+        return sc
+
+    def _eligible(self, snap: _Snapshot, work: _Scratch, path: int, ts: int,
+                  mask: np.ndarray | None, capped: np.ndarray) -> int:
+        """Eligible campaigns into ``work.cand`` (see :func:`K.eligible_one`); how many."""
+        return K.eligible_one(ts, path, _NO_MASK if mask is None else mask, capped, snap.start,
+                              snap.end, snap.any_budget, snap.budget, snap.pacing_even,
+                              snap.slack, self._spend_arr, snap.slot_of, snap.targeted,
+                              snap.rule_of, work.hits, snap.scorer_of, work.need, work.cand)
+
     def _targeted(self, snap: _Snapshot, profile: Profile, user_id: Any, ts: int,
                   request_id: str, arm: str, t0: float, mask: np.ndarray | None) -> Decision:
-        ok = self._eligible_base(snap, user_id, ts, mask)
+        work = self._scratch(snap)
+        capped = self._capped(snap, user_id, ts)
+        idx = profile.indices
+        if idx.dtype != np.int32 or not idx.flags.c_contiguous:
+            idx = np.ascontiguousarray(idx, dtype=np.int32)
+        val = profile.values
+        if val.dtype != np.float64 or not val.flags.c_contiguous:
+            val = np.ascontiguousarray(val, dtype=np.float64)
         if snap.n_rules:
-            hit = np.zeros(snap.n_rules, dtype=np.bool_)
             R = snap.rules
-            segs = _segments_for(profile, snap.store_segments)
-            K.eval_rules(R[0], R[1], R[2], R[3], R[4], R[5], R[6], R[7], R[8], R[9], segs,
-                         np.ascontiguousarray(profile.indices, dtype=np.int32),
-                         np.ascontiguousarray(profile.values, dtype=np.float64),
-                         np.int64(len(self.store.feature_names)), hit)
-            ok[snap.targeted_idx] &= hit[snap.targeted_rule]
-        cand = np.flatnonzero(ok)
-        if cand.size == 0:
+            K.eval_rules(R[0], R[1], R[2], R[3], R[4], R[5], R[6], R[7], R[8], R[9],
+                         _segments_for(profile, snap.store_segments), idx, val,
+                         snap.n_features, work.hits)
+        n = self._eligible(snap, work, 0, ts, mask, capped)
+        if n == 0:
             return self._untargeted(snap, user_id, ts, request_id, arm, "fallback:no_eligible",
-                                    mask)
-        ctr = snap.prior_ctr[cand]
-        sc = snap.scorer_of[cand]
-        for s in range(len(snap.scorers)):
-            used = sc == s
-            if not used.any():
+                                    mask, capped=capped)
+        need = work.need
+        for s in range(need.shape[0]):
+            if not need[s]:
                 continue
-            x = snap.scorer_defaults[s].copy()
-            j = snap.scorer_maps[s][profile.indices]
-            m = j >= 0
-            x[j[m]] = profile.values[m]
+            x = work.x[s]
+            K.scatter_row(snap.scorer_defaults[s], snap.scorer_maps[s], idx, val, x)
             # scorers return the positive-class probability, as a scalar or shape (1,)
-            p = float(np.ravel(snap.scorers[s].predict_one(x))[0])
-            ctr = np.where(used, p if math.isfinite(p) else 0.0, ctr)
-        ecpm = _ecpm(snap, cand, ctr)
+            p = snap.scorers[s].predict_one(x)
+            if type(p) is not float:
+                p = float(np.ravel(p)[0])
+            work.ctr[s] = p if math.isfinite(p) else 0.0
         if time.perf_counter() - t0 > self.time_budget_s:
-            return self._untargeted(snap, user_id, ts, request_id, arm, "fallback:timeout", mask)
-        return self._choose(snap, cand, ecpm, snap.policy, user_id, ts, request_id, arm,
-                            targeted=True, reason="targeted")
+            return self._untargeted(snap, user_id, ts, request_id, arm, "fallback:timeout", mask,
+                                    capped=capped)
+        return self._choose(snap, work, n, 0, user_id, ts, request_id, arm, "targeted")
 
     def _untargeted(self, snap: _Snapshot, user_id: Any, ts: int, request_id: str, arm: str,
-                    reason: str, mask: np.ndarray | None, record: bool = True) -> Decision:
-        ok = self._eligible_base(snap, user_id if record else None, ts, mask) & ~snap.targeted
-        cand = np.flatnonzero(ok)
-        if cand.size == 0:
+                    reason: str, mask: np.ndarray | None, record: bool = True,
+                    capped: np.ndarray | None = None) -> Decision:
+        if capped is None:
+            capped = self._capped(snap, user_id if record else None, ts)
+        work = self._scratch(snap)
+        n = self._eligible(snap, work, 1, ts, mask, capped)
+        if n == 0:
             return self._house(snap, user_id, ts, request_id, arm, reason, 0)
-        ecpm = _ecpm(snap, cand, snap.prior_ctr[cand])
-        return self._choose(snap, cand, ecpm, snap.untargeted_policy, user_id, ts, request_id,
-                            arm, targeted=False, reason=reason, record=record)
+        return self._choose(snap, work, n, 1, user_id, ts, request_id, arm, reason,
+                            record=record)
 
-    def _choose(self, snap, cand, ecpm, policy, user_id, ts, request_id, arm, targeted, reason,
-                record=True) -> Decision:
-        u = hash_unit(f"{snap.version}:choose:{request_id}")
-        i, p = policy.choose(ecpm, u)
-        c = snap.campaigns[int(cand[i])]
-        ks = self._creative_ok(c, user_id, ts) if record else list(range(len(c.creatives)))
+    def _choose(self, snap: _Snapshot, work: _Scratch, n: int, path: int, user_id: Any, ts: int,
+                request_id: str, arm: str, reason: str, record: bool = True) -> Decision:
+        """Score the ``n`` candidates in ``work.cand``, choose with the path's policy (0
+        targeted, 1 untargeted) and a creative of the chosen campaign, and count it."""
+        kind = snap.pol_kind[path]
+        u = 0.0
+        # greedy never reads u, nor does a built-in policy with one candidate
+        if kind != 0 and (n > 1 or kind < 0):
+            u = hash_unit(f"{snap.version}:choose:{request_id}")
+        i, p = K.score_choose(work.cand, n, path, snap.scorer_of, work.ctr, snap.prior_ctr,
+                              snap.ecpm_base, snap.ecpm_per_ctr, kind, snap.pol_param[path], u,
+                              work.sc, work.p)
+        if kind < 0:  # a policy of the caller's own
+            policy = snap.policy if path == 0 else snap.untargeted_policy
+            i, p = policy.choose(work.sc[:n].copy(), u)
+        score = float(work.sc[i])
+        c, cpm_price, creative_ids, creative_caps = snap.serving[int(work.cand[i])]
+        ks = self._creative_ok(c, user_id, ts) if record and creative_caps else \
+            range(len(creative_ids))
         if not ks:  # every creative of the campaign is capped for this user
-            return self._house(snap, user_id, ts, request_id, arm, reason, int(cand.size))
-        v = hash_unit(f"{snap.version}:creative:{request_id}")
-        k = ks[min(int(v * len(ks)), len(ks) - 1)]
-        price = float(c.bid) if c.pricing == "cpm" else float(ecpm[i])
+            return self._house(snap, user_id, ts, request_id, arm, reason, n)
+        k = ks[0]
+        if len(ks) > 1:
+            v = hash_unit(f"{snap.version}:creative:{request_id}")
+            k = ks[min(int(v * len(ks)), len(ks) - 1)]
+        price = score if cpm_price is None else cpm_price
+        creative_id = creative_ids[k]
         if record:
             if self.count_on == "decision":
-                self._record(user_id, ts, c, c.creatives[k].id, price, snap.max_cap_window)
+                self._record(user_id, ts, c, creative_id, price, snap.max_cap_window)
             else:
-                self._hold(request_id, user_id, ts, c, c.creatives[k].id, price,
-                           snap.max_cap_window)
+                self._hold(request_id, user_id, ts, c, creative_id, price, snap.max_cap_window)
         return Decision(ts=ts, request_id=request_id, user_id=user_id, arm=arm,
-                        creative_id=c.creatives[k].id, campaign_id=c.id, targeted=targeted,
-                        propensity=float(p) / len(ks), n_eligible=int(cand.size),
-                        score=float(ecpm[i]), price=price, policy_version=snap.version,
-                        reason=reason)
+                        creative_id=creative_id, campaign_id=c.id, targeted=path == 0,
+                        propensity=float(p) / len(ks), n_eligible=n, score=score, price=price,
+                        policy_version=snap.version, reason=reason)
 
     def _house(self, snap, user_id, ts, request_id, arm, reason, n_eligible) -> Decision:
         f = snap.fallback
-        v = hash_unit(f"{snap.version}:creative:{request_id}")
-        k = min(int(v * len(f.creatives)), len(f.creatives) - 1)
+        k = 0
+        if len(f.creatives) > 1:
+            v = hash_unit(f"{snap.version}:creative:{request_id}")
+            k = min(int(v * len(f.creatives)), len(f.creatives) - 1)
         ecpm = f.bid if f.pricing == "cpm" else f.bid * f.prior_ctr * 1000.0
         if reason in ("targeted", "control", "holdout"):
             reason = "fallback:no_fill"
@@ -791,21 +860,24 @@ class Engine:
     def warmup(self) -> "Engine":
         """Compile every kernel the request path uses (call before serving)."""
         snap = self._snap
-        if snap.n_rules:
-            R = snap.rules
-            hit = np.zeros(snap.n_rules, dtype=np.bool_)
-            for itype in (np.int32, np.int64):
-                K.eval_rules(R[0], R[1], R[2], R[3], R[4], R[5], R[6], R[7], R[8], R[9],
-                             np.zeros(len(snap.store_segments), dtype=bool),
-                             np.zeros(0, dtype=itype), np.zeros(0),
-                             np.int64(len(self.store.feature_names)), hit)
-        for sc, d in zip(snap.scorers, snap.scorer_defaults):
+        for sc, d, m in zip(snap.scorers, snap.scorer_defaults, snap.scorer_maps):
             if hasattr(sc, "warmup"):
                 sc.warmup()
             sc.predict_one(d.copy())
-        profiles = getattr(self.store, "profiles", None)
-        if profiles is not None and hasattr(profiles, "warmup"):
-            profiles.warmup()
+            K.scatter_row(d, m, np.zeros(0, dtype=np.int32), np.zeros(0), d.copy())
+        work = _Scratch(snap)
+        if snap.n_rules:
+            R = snap.rules
+            K.eval_rules(R[0], R[1], R[2], R[3], R[4], R[5], R[6], R[7], R[8], R[9],
+                         np.zeros(len(snap.store_segments), dtype=bool),
+                         np.zeros(0, dtype=np.int32), np.zeros(0), snap.n_features, work.hits)
+        for path in (0, 1):
+            n = self._eligible(snap, work, path, 0, None, _NONE_CAPPED)
+            for kind in (0, -1):
+                K.score_choose(work.cand, n, path, snap.scorer_of, work.ctr, snap.prior_ctr,
+                               snap.ecpm_base, snap.ecpm_per_ctr, kind, 0.0, 0.0, work.sc, work.p)
+        if hasattr(self.store, "warmup"):
+            self.store.warmup()
         return self
 
 
@@ -824,15 +896,6 @@ def _segments_for(profile: Profile, names: tuple[str, ...]) -> np.ndarray:
         if i is not None and i < profile.segments.shape[0]:
             out[j] = profile.segments[i]
     return out
-
-
-def _ecpm(snap: _Snapshot, cand: np.ndarray, ctr: np.ndarray) -> np.ndarray:
-    """Expected value of 1,000 impressions per candidate campaign.
-
-    ``ecpm = base + ctr * per_ctr``: CPM campaigns have ``base = bid, per_ctr = 0``; CPC
-    ``base = 0, per_ctr = 1000 * bid``; CPA ``base = 0, per_ctr = 1000 * cvr * bid``.
-    """
-    return snap.ecpm_base[cand] + ctr * snap.ecpm_per_ctr[cand]
 
 
 def _pack(compiled: list, seg_names: tuple[str, ...]) -> tuple:
@@ -1005,6 +1068,7 @@ def request_profile(raw: Any, store: Any, segment_names: tuple[str, ...]) -> Pro
 
 
 _REQUEST_KEYS = ("user_id", "ts", "request_id", "consent", "context", "profile")
+_REQUEST_KEY_SET = frozenset(_REQUEST_KEYS)
 # the decision log keeps times as pandas/Arrow timestamps: a request time must be one
 _TS_MIN_MS = -(-pd.Timestamp.min.value // 1_000_000)
 _TS_MAX_MS = pd.Timestamp.max.value // 1_000_000
@@ -1018,19 +1082,26 @@ def _parse(request: Any) -> tuple[Any, int, str, Mapping | None, tuple, Any]:
             request.profile)
         top = None
     elif isinstance(request, Mapping):
-        user_id, ts, rid, consent, context, profile = (request.get(k) for k in _REQUEST_KEYS)
-        top = {f: request[f] for f in CONTEXT_FIELDS if f in request} or None
+        get = request.get
+        user_id, ts, rid, consent, context, profile = (
+            get("user_id"), get("ts"), get("request_id"), get("consent"), get("context"),
+            get("profile"))
+        # context fields given as top-level keys (only looked for when other keys are there)
+        top = None if request.keys() <= _REQUEST_KEY_SET else (
+            {f: request[f] for f in CONTEXT_FIELDS if f in request} or None)
     else:
         raise TypeError("request must be a Request or a mapping")
-    if user_id is None or isinstance(user_id, (bool, float)) \
-            or not isinstance(user_id, (str, int, np.integer)):
-        raise ValueError("user_id must be a str or int")
-    if isinstance(user_id, str) and not (0 < len(user_id) <= 256):
-        raise ValueError("user_id length")
+    if type(user_id) is not int:  # the common case needs no more checks
+        if user_id is None or isinstance(user_id, (bool, float)) \
+                or not isinstance(user_id, (str, int, np.integer)):
+            raise ValueError("user_id must be a str or int")
+        if isinstance(user_id, str) and not (0 < len(user_id) <= 256):
+            raise ValueError("user_id length")
     if ts is None:
         ts = _now_ms()
     else:
-        ts = to_epoch_ms(ts, "ts")
+        if type(ts) is not int:  # epoch ms as an int needs no conversion
+            ts = to_epoch_ms(ts, "ts")
         if not _TS_MIN_MS <= ts <= _TS_MAX_MS:
             raise ValueError("ts outside the times a decision log can hold")
     if _absent(rid):

@@ -23,6 +23,7 @@ import numpy as np
 from bta.errors import ConfigError
 from bta.features import OnlineProfiles
 from bta.segment.book import SegmentBook
+from bta.serve import _kernels as K
 
 __all__ = ["Profile", "ProfileBlock", "ProfileStore", "MemoryProfileStore"]
 
@@ -111,16 +112,22 @@ class MemoryProfileStore:
         names, rows, book = self._book_state
         vec = self.profiles.vector(user_id, as_of_ms)
         r = rows.get(user_id) if book is not None else None
+        flags = np.zeros(len(names), dtype=bool)
         if r is not None:
-            flags = np.zeros(len(names), dtype=bool)
             M = book.membership
-            flags[M.indices[M.indptr[r]:M.indptr[r + 1]]] = True
-        else:
-            flags = np.zeros(len(names), dtype=bool)
+            K.csr_row_flags(M.indptr, M.indices, r, flags)
         if vec is None:
             return None if r is None else Profile(np.zeros(0, np.int32), np.zeros(0), flags,
                                                   names)
         return Profile(vec[0], vec[1], flags, names)
+
+    def warmup(self) -> "MemoryProfileStore":
+        """Compile the kernels :meth:`get` runs (the Engine's ``warmup`` calls this)."""
+        self.profiles.warmup()
+        for dt in (np.int32, np.int64):  # CSR index arrays come in either width
+            K.csr_row_flags(np.zeros(2, dtype=dt), np.zeros(0, dtype=dt), 0,
+                            np.zeros(0, dtype=bool))
+        return self
 
     def get_block(self, user_ids: Sequence[Any], as_of_ms: Any = None) -> ProfileBlock:
         """Many users' profiles as arrays, user ``i``'s equal to ``get(user_ids[i],
