@@ -17,6 +17,12 @@
 7. choose with the policy (greedy, epsilon-greedy, softmax), recording the probability of the
    choice (the propensity), and count the impression against caps and budget.
 
+Steps 5-7 run compiled (:mod:`bta.serve._kernels`): the packed targeting rules in one call,
+the eligibility of every campaign in one pass (``eligible_one``), the scores and the policy's
+choice in another (``score_choose``), on work arrays kept per thread; the same flight, budget,
+eCPM and policy code runs in the replay. Python is left with parsing, the profile read, the
+frequency-cap history and the bookkeeping of the chosen impression.
+
 The untargeted choice uses only campaigns without (behavioural) targeting, scored without the
 profile (``prior_ctr``), with ``untargeted_policy`` (uniform rotation by default); contextual
 campaigns (``Campaign(context=...)``) take part when the request's context matches, since

@@ -52,7 +52,10 @@ class ProfileBlock(NamedTuple):
 
 
 class ProfileStore(Protocol):
-    """What the Engine needs of a store. ``get`` may raise (the Engine falls back)."""
+    """What the Engine needs of a store. ``get`` may raise (the Engine falls back).
+
+    A store may also have ``warmup()``, which :meth:`Engine.warmup` calls to compile what
+    ``get`` runs before the first request."""
 
     feature_names: tuple[str, ...]
     nan_absent: np.ndarray
