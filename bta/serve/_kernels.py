@@ -311,7 +311,11 @@ def scatter_row(default, fmap, indices, values, x):
 
 @exact_jit()
 def _ecpm_of(base, ctr, per_ctr):
-    """Expected value of 1,000 impressions: ``base + ctr * per_ctr`` (see Engine)."""
+    """Expected value of 1,000 impressions: ``base + ctr * per_ctr``.
+
+    CPM campaigns have ``base = bid, per_ctr = 0``; CPC ``base = 0, per_ctr = 1000 * bid``;
+    CPA ``base = 0, per_ctr = 1000 * cvr * bid`` (the Engine's ``ecpm_base``/``ecpm_per_ctr``).
+    """
     return base + ctr * per_ctr
 
 

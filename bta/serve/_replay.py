@@ -22,10 +22,12 @@ import pyarrow.compute as pc
 from bta.privacy import GATE_OK
 from bta.serve import _kernels as K
 from bta.serve.campaigns import CONTEXT_FIELDS
+from bta.serve._request import (
+    _CTX_FIELD_INDEX, _TS_MAX_MS, _TS_MIN_MS, NO_CONTEXT, _absent, _ctx_values, _now_ms, _parse,
+    _safe_request_id, request_profile,
+)
 from bta.serve.engine import (
-    _CTX_FIELD_INDEX, _PRICING, _TS_MAX_MS, _TS_MIN_MS, NO_CONTEXT, REASONS, Engine, _absent,
-    _ctx_values, _now_ms, _parse, _safe_request_id, _segments_for, _Snapshot, decisions_frame,
-    request_profile,
+    _PRICING, REASONS, Engine, _segments_for, _Snapshot, decisions_frame,
 )
 from bta.serve.store import Profile, ProfileBlock
 
