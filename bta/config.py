@@ -61,6 +61,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from bta.errors import BtaError, ConfigError, SchemaError
+from bta.serve.store import BookState, book_rows, segment_flags
 
 __all__ = [
     "read_table", "write_table", "save_features", "load_features", "load_config",
@@ -320,7 +321,7 @@ def feature_spec(options: Mapping[str, Any] | None, where: str = "features") -> 
         raise ConfigError(f"{where}: {exc}") from None
 
 
-class FeatureMatrixStore:
+class FeatureMatrixStore(BookState):
     """A profile store over a FeatureMatrix snapshot (``bta replay`` with a features file).
 
     Every lookup returns the user's features as of the matrix's ``as_of``, whatever the
@@ -336,27 +337,15 @@ class FeatureMatrixStore:
         self._X = sp.csr_matrix(fm.X)
         self._book_state: tuple = ((), {}, None)
         if book is not None:
-            self._book_state = (tuple(book.names),
-                                {u: i for i, u in enumerate(book.users.tolist())}, book)
-
-    @property
-    def segment_names(self) -> tuple[str, ...]:
-        return self._book_state[0]
-
-    @property
-    def book(self) -> Any:
-        return self._book_state[2]
+            self._book_state = (tuple(book.names), book_rows(book), book)
 
     def get(self, user_id: Any, as_of_ms: int | None = None) -> Any:
         """The user's profile (None for a user in neither the matrix nor the book)."""
         from bta.serve import Profile
 
         names, rows, book = self._book_state
-        flags = np.zeros(len(names), dtype=bool)
         b = rows.get(user_id)
-        if b is not None:
-            M = book.membership
-            flags[M.indices[M.indptr[b]:M.indptr[b + 1]]] = True
+        flags = segment_flags(book, b, len(names))
         r = self._rows.get(user_id)
         if r is None:
             if b is None:

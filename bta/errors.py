@@ -9,6 +9,8 @@ Messages name the parameter or column, what was expected and what was got.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from typing import Any
 
 __all__ = [
@@ -20,6 +22,7 @@ __all__ = [
     "RuleSyntaxError",
     "StoreError",
     "check_param",
+    "check_paths",
 ]
 
 
@@ -90,3 +93,17 @@ def check_param(name: str, value: Any, ok: bool, expected: str, cls: type = Conf
     """
     if not ok:
         raise cls(f"{name} must be {expected}, got {value!r}")
+
+
+def check_paths(name: str, value: Any, expected: str) -> str | list[str]:
+    """A path, or a non-empty list of paths, as ``str`` / list of ``str``.
+
+    Raises :class:`ConfigError` with the :func:`check_param` message otherwise (``expected``
+    says what the parameter takes, e.g. "a path or a non-empty list of paths").
+    """
+    if isinstance(value, (str, os.PathLike)):
+        return os.fspath(value)
+    if isinstance(value, Sequence) and value and all(
+            isinstance(p, (str, os.PathLike)) for p in value):
+        return [os.fspath(p) for p in value]
+    raise ConfigError(f"{name} must be {expected}, got {value!r}")

@@ -65,7 +65,7 @@ from bta._event_schema import (
     to_millis,
 )
 from bta._event_sessions import Sessions, _utc
-from bta.errors import ConfigError, SchemaError, UnknownNameError, check_param
+from bta.errors import ConfigError, SchemaError, UnknownNameError, check_param, check_paths
 from bta.privacy import PrivacyPolicy
 
 __all__ = [
@@ -289,14 +289,8 @@ class EventLog:
         """
         import pyarrow.dataset as ds
 
-        if isinstance(path_or_paths, (str, os.PathLike)):
-            source: Any = os.fspath(path_or_paths)
-        elif isinstance(path_or_paths, Sequence) and path_or_paths and all(
-                isinstance(p, (str, os.PathLike)) for p in path_or_paths):
-            source = [os.fspath(p) for p in path_or_paths]
-        else:
-            raise ConfigError("path_or_paths must be a path or a non-empty list of paths, "
-                              f"got {path_or_paths!r}")
+        source = check_paths("path_or_paths", path_or_paths,
+                             "a path or a non-empty list of paths")
         _Options.make(**options)  # fail on bad options before reading anything
         dataset = ds.dataset(source, format="parquet", partitioning="hive")
         sources = _resolve(columns, dataset.schema.names)

@@ -30,6 +30,7 @@ from bta.scoring import LinearScorer  # noqa: E402
 from bta.segment import (  # noqa: E402
     InterestClusters, Lookalike, PropensityModel, Segment, SegmentBook, evaluate_rules,
 )
+from test_ab import assert_same_stats  # noqa: E402
 
 SPEC = FeatureSpec(windows=("1d", "7d"), half_life="3d")
 N_FILES = 9
@@ -332,19 +333,6 @@ def decision_log(seed=0, n_users=900, arms=("control", "a", "b")):
     stray = pd.DataFrame({"request_id": ["nowhere"], "clicks": [1], "conversions": [0],
                           "revenue": [0.0]})
     return log.sample(frac=1.0, random_state=seed).reset_index(drop=True), pd.concat([out, stray])
-
-
-def assert_same_stats(got, ref):
-    assert set(got) == set(ref)
-    for arm, r in ref.items():
-        g = got[arm]
-        assert g.n == r.n and g.names == r.names
-        for gs, rs in zip((g.sums,) + g.cross, (r.sums,) + r.cross):
-            for x, y in zip(gs, rs):
-                if type(y) is int:  # integer sums and products: exact
-                    assert type(x) is int and x == y
-                else:  # float sums in another order: equal to rounding
-                    assert x == pytest.approx(y, rel=1e-12, abs=1e-300)
 
 
 @pytest.mark.parametrize("outcomes_kind", ["pandas", "dask"])

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from bta.errors import ConfigError, SchemaError, check_param
+from bta.errors import ConfigError, SchemaError, check_param, check_paths
 
 __all__ = ["read_events", "partition_by_user", "user_bucket", "BUCKET"]
 
@@ -91,14 +91,8 @@ def read_events(path_or_glob: str | os.PathLike | Sequence[str | os.PathLike],
     """
     import dask.dataframe as dd
 
-    if isinstance(path_or_glob, (str, os.PathLike)):
-        source: Any = os.fspath(path_or_glob)
-    elif isinstance(path_or_glob, Sequence) and path_or_glob and all(
-            isinstance(p, (str, os.PathLike)) for p in path_or_glob):
-        source = [os.fspath(p) for p in path_or_glob]
-    else:
-        raise ConfigError(f"path_or_glob must be a path, a glob or a non-empty list of paths, "
-                          f"got {path_or_glob!r}")
+    source = check_paths("path_or_glob", path_or_glob,
+                         "a path, a glob or a non-empty list of paths")
     if columns is not None:
         check_param("columns", columns, not isinstance(columns, str)
                     and isinstance(columns, Sequence) and len(columns) > 0

@@ -36,7 +36,7 @@ import numpy as np
 
 from bta.errors import ConfigError, SchemaError, StoreError, check_param
 from bta.events import to_millis
-from bta.serve.store import Profile
+from bta.serve.store import BookState, Profile
 
 __all__ = ["RedisProfileStore", "FORMAT_VERSION", "encode_profile", "decode_profile",
            "layout_fingerprint"]
@@ -165,7 +165,7 @@ def _ms(value: float | int, name: str) -> float:
     return float(value)
 
 
-class RedisProfileStore:
+class RedisProfileStore(BookState):
     """Profiles in Redis: compact binary snapshots, one key per user.
 
     Parameters
@@ -292,15 +292,6 @@ class RedisProfileStore:
         return self._w
 
     # ---- segments ------------------------------------------------------------------------------
-    @property
-    def segment_names(self) -> tuple[str, ...]:
-        return self._book_state[0]
-
-    @property
-    def book(self) -> Any:
-        """The SegmentBook given (for the minimum-audience check), or None."""
-        return self._book_state[2]
-
     def set_book(self, book: Any) -> None:
         """Use ``book``'s segment names (bitset positions) and sizes from now on.
 

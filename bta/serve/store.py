@@ -69,7 +69,38 @@ class ProfileStore(Protocol):
 _NO_SEGMENTS = np.zeros(0, dtype=bool)
 
 
-class MemoryProfileStore:
+class BookState:
+    """Segment names and book of a store that keeps them in one tuple, ``_book_state =
+    (segment names, ..., book)``, so that swapping the book is one reference assignment."""
+
+    _book_state: tuple
+
+    @property
+    def segment_names(self) -> tuple[str, ...]:
+        return self._book_state[0]
+
+    @property
+    def book(self) -> SegmentBook | None:
+        """The SegmentBook given (for the minimum-audience check), or None."""
+        return self._book_state[2]
+
+
+def book_rows(book: SegmentBook) -> dict:
+    """User id -> row of ``book.membership``."""
+    return {u: i for i, u in enumerate(book.users.tolist())}
+
+
+def segment_flags(book: SegmentBook | None, row: int | None, n: int) -> np.ndarray:
+    """A user's segment flags (length ``n``) from row ``row`` of the book's membership; all
+    False without a row."""
+    flags = np.zeros(n, dtype=bool)
+    if row is not None:
+        M = book.membership
+        K.csr_row_flags(M.indptr, M.indices, row, flags)
+    return flags
+
+
+class MemoryProfileStore(BookState):
     """In-process store: online feature state plus segment memberships.
 
     Parameters
@@ -96,17 +127,9 @@ class MemoryProfileStore:
         if book is not None:
             self.set_book(book)
 
-    @property
-    def segment_names(self) -> tuple[str, ...]:
-        return self._book_state[0]
-
-    @property
-    def book(self) -> SegmentBook | None:
-        return self._book_state[2]
-
     def set_book(self, book: SegmentBook) -> None:
         """Swap in a new segment book (readers see the old or the new one, never a mix)."""
-        rows = {u: i for i, u in enumerate(book.users.tolist())}
+        rows = book_rows(book)
         # one reference assignment: a reader takes the whole tuple at once
         self._book_state = (tuple(book.names), rows, book)
 
@@ -115,10 +138,7 @@ class MemoryProfileStore:
         names, rows, book = self._book_state
         vec = self.profiles.vector(user_id, as_of_ms)
         r = rows.get(user_id) if book is not None else None
-        flags = np.zeros(len(names), dtype=bool)
-        if r is not None:
-            M = book.membership
-            K.csr_row_flags(M.indptr, M.indices, r, flags)
+        flags = segment_flags(book, r, len(names))
         if vec is None:
             return None if r is None else Profile(np.zeros(0, np.int32), np.zeros(0), flags,
                                                   names)
