@@ -15,7 +15,10 @@ Endpoints:
 - ``POST /openrtb2/auction``: a BidRequest (JSON) -> ``200`` with a BidResponse, or ``204``
   (no content) for a no-bid, with the OpenRTB no-bid reason code in the ``X-Bta-Nbr`` header
   and bta's reason in ``X-Bta-Reason``. A body that is not JSON gets ``400`` with a JSON
-  ``{"error": ...}``; a body over ``max_body`` bytes gets ``413``. The server keeps serving
+  ``{"error": ...}``; a body over ``max_body`` bytes gets ``413`` and a request without a
+  ``Content-Length`` gets ``411``, each unread: the server then closes the connection after
+  reading and dropping what the client still sends (at most ``LINGER_SECONDS``), so that a
+  client still writing its body reads the refusal instead of a reset. The server keeps serving
   after any of them: :func:`bta.serve.decide_openrtb` never raises on request data.
 - ``GET /healthz``: ``200 {"status": "ok", "version": ...}``.
 
@@ -29,8 +32,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import socket
 import sys
 import threading
+import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Iterable, Sequence
@@ -46,6 +51,10 @@ HEALTH_PATH = "/healthz"
 #: Largest accepted request body. Real bid requests are a few kilobytes; the cap keeps one
 #: client from making the server buffer arbitrary amounts of memory.
 DEFAULT_MAX_BODY = 1 << 20
+#: After refusing a body (411, 413), how long and how many bytes the server keeps reading and
+#: discarding what the client still sends, so that the client can read the refusal.
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 64 << 20
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -69,6 +78,36 @@ class _Handler(BaseHTTPRequestHandler):
         if data:
             self.wfile.write(data)
 
+    def _refuse(self, status: int, error: str) -> None:
+        """Answer ``status`` without reading the body, then close the connection gracefully.
+
+        The unread body would be taken for the next request, so the connection must close. A
+        plain close with unread bytes in the receive buffer makes the kernel send a reset, and
+        a client still writing its body then gets "broken pipe" instead of this answer. So,
+        like web servers' "lingering close": send the answer, shut down our sending side, and
+        read and discard what the client still sends (bounded in bytes and time) until it
+        closes, so that it can finish writing and read the answer.
+        """
+        self.close_connection = True
+        self._send(status, {"error": error})
+        self.wfile.flush()
+        sock = self.connection
+        try:
+            sock.shutdown(socket.SHUT_WR)
+            deadline = time.monotonic() + LINGER_SECONDS
+            left = LINGER_BYTES
+            while left > 0:
+                wait = deadline - time.monotonic()
+                if wait <= 0:
+                    break
+                sock.settimeout(wait)
+                chunk = self.rfile.read1(min(left, 1 << 16))
+                if not chunk:  # the client closed: it has read the answer
+                    break
+                left -= len(chunk)
+        except OSError:  # a reset or a timeout: the client is gone or too slow; close anyway
+            pass
+
     def do_GET(self) -> None:  # noqa: N802 - the http.server naming
         if self.path.split("?", 1)[0] == HEALTH_PATH:
             self._send(HTTPStatus.OK, {"status": "ok", "version": self.server.engine.version})
@@ -83,13 +122,11 @@ class _Handler(BaseHTTPRequestHandler):
             n = -1
         if n < 0:
             # without a length the request body cannot be delimited on a kept-alive connection
-            self.close_connection = True
-            self._send(HTTPStatus.LENGTH_REQUIRED, {"error": "Content-Length is required"})
+            self._refuse(HTTPStatus.LENGTH_REQUIRED, "Content-Length is required")
             return
         if n > self.server.max_body:
-            self.close_connection = True  # the unread body would be taken for the next request
-            self._send(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                       {"error": f"body of {n} bytes exceeds {self.server.max_body}"})
+            self._refuse(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                         f"body of {n} bytes exceeds {self.server.max_body}")
             return
         raw = self.rfile.read(n)
         if self.path.split("?", 1)[0] != AUCTION_PATH:

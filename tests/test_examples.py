@@ -12,8 +12,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import runpy
+import socket
 import sys
 import threading
+import time
 from http.client import HTTPConnection
 from pathlib import Path
 
@@ -209,15 +211,39 @@ def test_unknown_user_gets_the_untargeted_fallback(served):
 
 def test_oversized_and_unlengthed_bodies_are_refused(served):
     _, _, port = served
-    big = json.dumps({"id": "r1", "imp": [{"id": "1"}], "pad": "x" * adserver.DEFAULT_MAX_BODY})
-    status, _, raw = _post(port, big)
-    assert status == 413 and "exceeds" in json.loads(raw)["error"]
+    # a body several times the socket buffers: the client is still writing when the answer
+    # comes, and must still get it (not a broken pipe or a reset)
+    big = json.dumps({"id": "r1", "imp": [{"id": "1"}],
+                      "pad": "x" * (8 * adserver.DEFAULT_MAX_BODY)})
+    for _ in range(3):
+        status, _, raw = _post(port, big)
+        assert status == 413 and "exceeds" in json.loads(raw)["error"]
     c = HTTPConnection("127.0.0.1", port, timeout=10)
     c.putrequest("POST", adserver.AUCTION_PATH)
     c.endheaders()
     r = c.getresponse()
     assert r.status == 411
     c.close()
+    assert _post(port, _bid_request("1"))[0] == 200
+
+
+def test_a_refused_client_that_keeps_sending_is_cut_off_after_the_linger(served, monkeypatch):
+    _, _, port = served
+    monkeypatch.setattr(adserver, "LINGER_SECONDS", 0.3)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(f"POST {adserver.AUCTION_PATH} HTTP/1.1\r\nHost: x\r\n"
+                  f"Content-Length: {10 * adserver.DEFAULT_MAX_BODY}\r\n\r\n".encode())
+        got = b""
+        while chunk := s.recv(1 << 16):  # the answer, then the end of the server's sending
+            got += chunk
+        assert got.startswith(b"HTTP/1.1 413")
+        # the server still reads (and drops) what comes, but only for the linger time
+        t0 = time.monotonic()
+        with pytest.raises(OSError):  # a reset once the server closes
+            while time.monotonic() - t0 < 10:
+                s.sendall(b"x" * 1024)
+                time.sleep(0.01)
+        assert time.monotonic() - t0 < 5
     assert _post(port, _bid_request("1"))[0] == 200
 
 
