@@ -1105,13 +1105,19 @@ def test_win_notices_count_spend_and_caps(world):
     assert not eng.notify_win(12345)
 
 
-def test_pending_decisions_expire_and_are_bounded(world):
+def test_pending_decisions_expire_and_are_bounded(world, monkeypatch):
+    import bta.serve.engine as engine_module
+
+    now = [1000.0]  # a clock the test moves: a stalled machine cannot expire anything early
+    monkeypatch.setattr(engine_module, "_monotonic", lambda: now[0])
     eng = _win_engine(world, pending_ttl_s=0.2, max_pending=3)
     for i in range(5):
         eng.decide({"user_id": i, "ts": T0, "request_id": f"p-{i}"})
     assert eng.n_pending == 3 and eng.n_expired == 2  # the two oldest made room
     assert not eng.notify_win("p-0") and eng.notify_win("p-4")
-    time.sleep(0.3)
+    now[0] += 0.19
+    assert eng.n_pending == 2 and eng.n_expired == 2  # not yet
+    now[0] += 0.02
     assert eng.n_pending == 0 and eng.n_expired == 4
     assert not eng.notify_win("p-3")
     assert eng.spend() == {"capped": 5.0 / 1000.0}

@@ -179,6 +179,8 @@ BUILTIN_POLICIES = (Greedy, EpsilonGreedy, Softmax, Uniform)
 _NONE_CAPPED = np.zeros(0, dtype=np.bool_)  # read-only markers for "nothing" (empty arrays)
 _NO_MASK = np.zeros(0, dtype=np.bool_)
 _CTX_CACHE_MAX = 65_536
+#: The clock of pending decisions' time to live (a module name, so tests can drive it).
+_monotonic = time.monotonic
 
 
 class Engine:
@@ -610,14 +612,14 @@ class Engine:
         with self._pending_lock:
             self._expire_locked()
             self._pending.pop(request_id, None)  # a repeated id: the latest decision counts
-            self._pending[request_id] = (time.monotonic() + self.pending_ttl_s, user_id, ts,
+            self._pending[request_id] = (_monotonic() + self.pending_ttl_s, user_id, ts,
                                          campaign, creative_id, price, max_window)
             while len(self._pending) > self.max_pending:
                 self._pending.popitem(last=False)
                 self._n_expired += 1
 
     def _expire_locked(self) -> None:
-        now = time.monotonic()
+        now = _monotonic()
         pending = self._pending
         while pending:
             rid = next(iter(pending))
