@@ -1,8 +1,9 @@
 """Shared test configuration, and a loopback Redis server for the profile-store tests.
 
 Hypothesis: under ``CI=true`` the examples are derandomized (the same examples every run), so a
-CI verdict is reproducible; locally every run draws new examples and keeps failures in its
-database.
+CI verdict is reproducible, and no verdict depends on the machine's speed (no deadline, no
+"too slow" health check: a shared 2-core runner stalls); locally every run draws new examples
+and keeps failures in its database.
 
 ``redis_server`` yields a Redis URL on 127.0.0.1:
 
@@ -32,9 +33,10 @@ from typing import Iterator
 from urllib.parse import urlparse
 
 import pytest
-from hypothesis import settings
+from hypothesis import HealthCheck, settings
 
-settings.register_profile("ci", derandomize=True, print_blob=True)
+settings.register_profile("ci", derandomize=True, print_blob=True, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
 if os.environ.get("CI", "").lower() == "true":
     settings.load_profile("ci")
 
