@@ -13,15 +13,26 @@ compare as NaN.
 Caching: numba writes compiled code next to the module (or to ``NUMBA_CACHE_DIR``). When
 neither place is writable (a read-only site-packages in a container) numba refuses to
 decorate a ``cache=True`` function at import time; we then fall back to in-memory
-compilation with one warning, so that import never breaks. Numba keys its cache on the
-source file's modification time and size, so an upgraded bta never reuses stale code.
+compilation with one warning, so that import never breaks.
+
+Numba keys a cached kernel on its own source file only. A bta kernel often calls (or inlines)
+kernels of another file, and its cached machine code contains theirs: with numba's key alone,
+an edit to ``segment/_rule_kernels.py`` would leave ``serve/_kernels.py``'s cached kernels
+running the old rule interpreter. So for files of the bta package the cache key also holds a
+digest of every kernel file of the package (a file that defines a ``*_jit`` kernel): a change
+to any of them recompiles every bta kernel, and nothing else does. An upgraded or edited bta
+never reuses stale code. See :func:`_register_cache_locators`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import logging
+import re
 import warnings
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numba
@@ -34,6 +45,88 @@ logger = logging.getLogger("bta")
 FASTMATH = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
 
 _cache_ok: bool | None = None
+
+#: Package roots whose kernels are keyed on all their kernel files (see the module docstring).
+_CACHE_ROOTS: list[Path] = [Path(__file__).resolve().parent]
+_KERNEL_DEF = re.compile(rb"^@(serving_jit|exact_jit|batch_jit)\b", re.MULTILINE)
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel_digest(root: Path) -> str:
+    """SHA-256 over the kernel files under ``root`` (their paths and contents), once a process."""
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        data = path.read_bytes()
+        if path.name == "_jit.py" or _KERNEL_DEF.search(data):
+            h.update(path.relative_to(root).as_posix().encode() + b"\0")
+            h.update(hashlib.sha256(data).digest())
+    return h.hexdigest()
+
+
+def _root_of(py_file: str) -> Path | None:
+    try:
+        path = Path(py_file).resolve()
+    except (OSError, RuntimeError):
+        return None
+    for root in _CACHE_ROOTS:
+        if root in path.parents:
+            return root
+    return None
+
+
+def _register_cache_locators() -> bool:
+    """Put locators that key bta's kernels on all its kernel files ahead of numba's own.
+
+    Each wraps one of numba's file-backed locators (``NUMBA_CACHE_DIR``, the package's
+    ``__pycache__``, the user-wide cache; in numba's order, so ``NUMBA_CACHE_DIR`` is still
+    honored) and claims only files under :data:`_CACHE_ROOTS`; other libraries' kernels keep
+    numba's key. These are numba internals: if this numba lacks them, bta keeps numba's own
+    key (a debug log line says so) and everything else works as before.
+    """
+    try:
+        from numba.core import caching
+    except ImportError:  # pragma: no cover - numba without its caching module
+        return False
+    impl = getattr(caching, "CacheImpl", None) or getattr(caching, "_CacheImpl", None)
+    bases = []
+    for name in ("UserProvidedCacheLocator", "InTreeCacheLocator", "UserWideCacheLocator"):
+        cls = getattr(caching, name, None) or getattr(caching, "_" + name, None)
+        if cls is None or not hasattr(cls, "get_source_stamp"):
+            bases = []
+            break
+        bases.append(cls)
+    classes = getattr(impl, "_locator_classes", None)
+    if not bases or not isinstance(classes, list):
+        logger.debug("numba's cache locators not found; bta kernels keep numba's cache key")
+        return False
+    if any(getattr(c, "_bta_package_key", False) for c in classes):
+        return True
+
+    def make(base: type) -> type:
+        class PackageKeyed(base):  # type: ignore[misc, valid-type]
+            _bta_package_key = True
+
+            @classmethod
+            def from_function(cls, py_func, py_file):
+                root = _root_of(py_file)
+                if root is None:
+                    return None
+                self = super().from_function(py_func, py_file)
+                if self is not None:
+                    self._bta_root = root
+                return self
+
+            def get_source_stamp(self):
+                return (super().get_source_stamp(), _kernel_digest(self._bta_root))
+
+        PackageKeyed.__name__ = PackageKeyed.__qualname__ = "PackageKeyed" + base.__name__
+        return PackageKeyed
+
+    classes[:0] = [make(b) for b in bases]
+    return True
+
+
+_register_cache_locators()
 
 
 def _jit(options: dict[str, Any], signature: Any = None) -> Callable:
