@@ -334,36 +334,32 @@ def replay_frame(world: World, n: int, seed: int) -> pd.DataFrame:
     })
 
 
-@pytest.mark.parametrize("times", ["one", "spread"])
-def test_decide_batch_throughput(benchmark, request, world, times):
-    """``decide_batch`` on a replay with 100 campaigns (1M requests at full scale), checked
-    equal to a loop of ``decide`` first; the loop's rate is measured in the same run.
+N_REPLAY_CAMPAIGNS = 100
 
-    ``times="one"``: every request at one time (a profile read per user); ``"spread"``: the
-    requests spread over a day, each at its own time (a profile read per request, in one bulk
-    store call per chunk)."""
+
+def replay_engine(world: World, store) -> Engine:
+    """The replay benchmarks' engine: the first 100 campaigns (fewer at small scale)."""
+    return Engine(world.campaigns[:N_REPLAY_CAMPAIGNS], fallback=world.house, store=store,
+                  scorers={"ctr": world.scorer},
+                  experiment=Experiment({"control": 0.1, "targeted": 0.9}, salt="bench"),
+                  time_budget_ms=1000.0).warmup()
+
+
+def checked_loop(world: World, store, check: pd.DataFrame) -> tuple[pd.DataFrame, float]:
+    """A loop of ``decide`` over ``check`` (decisions, decisions/s), checked equal to
+    ``decide_batch`` of the same requests on a fresh engine."""
     from bta.serve.engine import decisions_frame
 
-    campaigns = world.campaigns[:100]
-
-    def engine() -> Engine:
-        return Engine(campaigns, fallback=world.house, store=world.store,
-                      scorers={"ctr": world.scorer},
-                      experiment=Experiment({"control": 0.1, "targeted": 0.9}, salt="bench"),
-                      time_budget_ms=1000.0).warmup()
-
-    df = replay_frame(world, _n(1_000_000, 20_000), seed=2)
-    if times == "spread":
-        df["ts"] = world.as_of + np.arange(len(df), dtype=np.int64) * (86_400_000 // len(df))
-    check = df.iloc[:2_000]
-    loop_engine = engine()
+    loop_engine = replay_engine(world, store)
     t0 = time.perf_counter()
     loop = decisions_frame([loop_engine.decide(r).as_dict() for r in check.to_dict("records")])
-    loop_rate = len(check) / (time.perf_counter() - t0)
-    pd.testing.assert_frame_equal(engine().decide_batch(check), loop)
-    eng = engine()
-    eng.decide_batch(df.iloc[:100])  # compile and warm outside the timed part
-    eng = engine()
+    rate = len(check) / (time.perf_counter() - t0)
+    pd.testing.assert_frame_equal(replay_engine(world, store).decide_batch(check), loop)
+    return loop, rate
+
+
+def _time_replay(benchmark, eng: Engine, df: pd.DataFrame) -> tuple[pd.DataFrame, float]:
+    """``eng.decide_batch(df)`` timed once: (decisions, seconds); no request failed."""
     out: dict[str, Any] = {}
 
     def run():
@@ -373,14 +369,32 @@ def test_decide_batch_throughput(benchmark, request, world, times):
 
     benchmark.pedantic(run, rounds=1, iterations=1, warmup_rounds=0)
     res = out["df"]
-    assert len(res) == len(df)
-    assert (res["reason"] != "fallback:error").all()
-    rate = len(res) / out["s"]
+    assert len(res) == len(df) and (res["reason"] != "fallback:error").all()
+    return res, out["s"]
+
+
+@pytest.mark.parametrize("times", ["one", "spread"])
+def test_decide_batch_throughput(benchmark, request, world, times):
+    """``decide_batch`` on a replay with 100 campaigns (1M requests at full scale), checked
+    equal to a loop of ``decide`` first; the loop's rate is measured in the same run.
+
+    ``times="one"``: every request at one time (a profile read per user); ``"spread"``: the
+    requests spread over a day, each at its own time (a profile read per request, in one bulk
+    store call per chunk)."""
+    df = replay_frame(world, _n(1_000_000, 20_000), seed=2)
+    if times == "spread":
+        df["ts"] = world.as_of + np.arange(len(df), dtype=np.int64) * (86_400_000 // len(df))
+    check = df.iloc[:2_000]
+    _, loop_rate = checked_loop(world, world.store, check)
+    replay_engine(world, world.store).decide_batch(df.iloc[:100])  # compile outside the timing
+    res, seconds = _time_replay(benchmark, replay_engine(world, world.store), df)
+    n_campaigns = min(N_REPLAY_CAMPAIGNS, len(world.campaigns))
+    rate = len(res) / seconds
     benchmark.extra_info.update(decisions_per_s=rate, loop_decisions_per_s=loop_rate,
-                                n_requests=len(res), n_campaigns=len(campaigns), times=times)
+                                n_requests=len(res), n_campaigns=n_campaigns, times=times)
     _report(request, f"decide_batch ({times} time{'s' if times == 'spread' else ''}): "
-                     f"{len(res):,} decisions ({len(campaigns)} campaigns) in "
-                     f"{out['s']:.2f} s, {rate:,.0f} decisions/s; loop of decide "
+                     f"{len(res):,} decisions ({n_campaigns} campaigns) in "
+                     f"{seconds:.2f} s, {rate:,.0f} decisions/s; loop of decide "
                      f"{loop_rate:,.0f}/s ({rate / loop_rate:.0f}x)")
 
 
@@ -398,7 +412,10 @@ def redis_url():
     yield from _load_redis_helper()()
 
 
-def test_decide_latency_redis(benchmark, request, world, bench_requests, redis_url):
+@pytest.fixture(scope="module")
+def redis_published(world, redis_url):
+    """(store, profiles published, seconds the publish took): the world's profiles in Redis
+    under a prefix of this run, deleted at the end."""
     import redis
 
     from bta.serve.redis_store import RedisProfileStore
@@ -409,34 +426,7 @@ def test_decide_latency_redis(benchmark, request, world, bench_requests, redis_u
     try:
         t0 = time.perf_counter()
         n = store.publish_from(world.profiles, as_of=world.as_of)
-        publish_s = time.perf_counter() - t0
-        # requests at the publish time: the Redis snapshot equals the in-memory profile
-        check = bench_requests[: min(len(bench_requests), 1_000)]
-        pd.testing.assert_frame_equal(make_engine(world, store).decide_batch(check),
-                                      make_engine(world).decide_batch(check))
-        check_against_reference(world, make_engine(world, store), bench_requests)
-        engine = make_engine(world, store)
-        for r in bench_requests[:200]:
-            engine.decide(r)
-        _time_decide(benchmark, request, engine, bench_requests, "decide (Redis store)")
-        # the floor under it: one bare redis-py GET round trip per request, same server
-        client = redis.Redis.from_url(redis_url, socket_timeout=5)
-        try:
-            n_rtt = min(len(bench_requests), 20_000)
-            rtt = np.empty(n_rtt)
-            clock = time.perf_counter_ns
-            for i in range(n_rtt):
-                t0 = clock()
-                client.get(f"{prefix}:rtt")
-                rtt[i] = clock() - t0
-        finally:
-            client.close()
-        r50, r99 = np.percentile(rtt / 1000.0, [50, 99])
-        benchmark.extra_info.update(redis_get_p50_us=float(r50), redis_get_p99_us=float(r99))
-        _report(request, f"bare redis-py GET round trip ({n_rtt:,}): p50 {r50:.1f} us, p99 "
-                         f"{r99:.1f} us")
-        _report(request, f"publish_from: {n:,} profiles in {publish_s:.2f} s "
-                                    f"({n / publish_s:,.0f} profiles/s)")
+        yield store, n, time.perf_counter() - t0
     finally:
         client = redis.Redis.from_url(redis_url, socket_timeout=5)
         try:
@@ -445,3 +435,75 @@ def test_decide_latency_redis(benchmark, request, world, bench_requests, redis_u
                 client.delete(*keys[i:i + 5000])
         finally:
             client.close()
+
+
+def test_decide_latency_redis(benchmark, request, world, bench_requests, redis_url,
+                              redis_published):
+    import redis
+
+    store, n, publish_s = redis_published
+    # requests at the publish time: the Redis snapshot equals the in-memory profile
+    check = bench_requests[: min(len(bench_requests), 1_000)]
+    pd.testing.assert_frame_equal(make_engine(world, store).decide_batch(check),
+                                  make_engine(world).decide_batch(check))
+    check_against_reference(world, make_engine(world, store), bench_requests)
+    engine = make_engine(world, store)
+    for r in bench_requests[:200]:
+        engine.decide(r)
+    _time_decide(benchmark, request, engine, bench_requests, "decide (Redis store)")
+    # the floor under it: one bare redis-py GET round trip per request, same server
+    client = redis.Redis.from_url(redis_url, socket_timeout=5)
+    try:
+        n_rtt = min(len(bench_requests), 20_000)
+        rtt = np.empty(n_rtt)
+        clock = time.perf_counter_ns
+        for i in range(n_rtt):
+            t0 = clock()
+            client.get(f"{store.prefix}:rtt")
+            rtt[i] = clock() - t0
+    finally:
+        client.close()
+    r50, r99 = np.percentile(rtt / 1000.0, [50, 99])
+    benchmark.extra_info.update(redis_get_p50_us=float(r50), redis_get_p99_us=float(r99))
+    _report(request, f"bare redis-py GET round trip ({n_rtt:,}): p50 {r50:.1f} us, p99 "
+                     f"{r99:.1f} us")
+    _report(request, f"publish_from: {n:,} profiles in {publish_s:.2f} s "
+                     f"({n / publish_s:,.0f} profiles/s)")
+
+
+class _WithoutBlockReads:
+    """A store seen without ``get_block``: the replay then reads with ``get_many`` per
+    distinct time (its path before stores other than the in-memory one had bulk reads)."""
+
+    def __init__(self, store):
+        self._store = store
+
+    def __getattr__(self, name):
+        if name == "get_block":
+            raise AttributeError(name)
+        return getattr(self._store, name)
+
+
+def test_decide_batch_redis(benchmark, request, world, redis_published):
+    """``decide_batch`` over the Redis store with the requests spread over a day (200k at full
+    scale): bulk reads (``get_block``: pipelined ``MGET`` of each chunk's distinct users)
+    against ``get_many`` per distinct time and a loop of ``decide``, in the same run."""
+    store = redis_published[0]
+    df = replay_frame(world, _n(200_000, 5_000), seed=3)
+    df["ts"] = world.as_of + np.arange(len(df), dtype=np.int64) * (86_400_000 // len(df))
+    check = df.iloc[:2_000]
+    loop, loop_rate = checked_loop(world, store, check)
+    t0 = time.perf_counter()
+    per_time = replay_engine(world, _WithoutBlockReads(store)).decide_batch(check)
+    per_time_rate = len(check) / (time.perf_counter() - t0)
+    pd.testing.assert_frame_equal(per_time, loop)
+    res, seconds = _time_replay(benchmark, replay_engine(world, store), df)
+    assert (res["reason"] != "fallback:store_error").all()
+    rate = len(res) / seconds
+    benchmark.extra_info.update(decisions_per_s=rate, get_many_per_time_decisions_per_s=
+                                per_time_rate, loop_decisions_per_s=loop_rate,
+                                n_requests=len(res))
+    _report(request, f"decide_batch (Redis store, spread times): {len(res):,} decisions in "
+                     f"{seconds:.2f} s, {rate:,.0f} decisions/s; get_many per distinct time "
+                     f"{per_time_rate:,.0f}/s ({rate / per_time_rate:.0f}x); loop of decide "
+                     f"{loop_rate:,.0f}/s ({rate / loop_rate:.0f}x)")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import time
 
 import numpy as np
@@ -19,7 +20,7 @@ from bta.errors import ConfigError, SchemaError, StoreError
 from bta.features import FeatureSpec, OnlineProfiles
 from bta.segment.book import Segment, SegmentBook
 from bta.serve.campaigns import Campaign, Creative
-from bta.serve.engine import Engine
+from bta.serve.engine import Engine, decisions_frame
 from bta.serve.experiment import Experiment
 from bta.serve.redis_store import (
     FORMAT_VERSION, RedisProfileStore, decode_profile, encode_profile, layout_fingerprint,
@@ -284,11 +285,7 @@ def test_ttl_and_float32(redis_server, redis_prefix, world):
     assert store.get(5).values.tolist() == [float(np.float32(0.1)), 2.0]
 
 
-@pytest.mark.redis
-def test_engine_on_redis_equals_engine_in_memory(redis_server, redis_prefix, world):
-    store = redis_store(redis_server, redis_prefix, world)
-    t = world["as_of"]
-    store.publish_from(world["profiles"], as_of=t)
+def _engine(world, store) -> Engine:
     campaigns = [
         Campaign("a", (Creative("a-1"),), targeting='segment("s1") and ctr:smoothed > 0.005',
                  bid=3.0),
@@ -299,16 +296,111 @@ def test_engine_on_redis_equals_engine_in_memory(redis_server, redis_prefix, wor
     ]
     house = Campaign("house", (Creative("h-1"),), bid=0.1)
     exp = Experiment({"control": 0.2, "targeted": 0.8})
-    on_redis = Engine(campaigns, fallback=house, store=store, experiment=exp,
-                      time_budget_ms=TIMEOUT_MS).warmup()
-    in_memory = Engine(campaigns, fallback=house, store=world["memory"], experiment=exp,
-                       time_budget_ms=TIMEOUT_MS).warmup()
+    return Engine(campaigns, fallback=house, store=store, experiment=exp,
+                  time_budget_ms=TIMEOUT_MS).warmup()
+
+
+class CountingGets:
+    """Counts a store's single-user reads (a bulk replay should make none)."""
+
+    def __init__(self, monkeypatch, store):
+        self.n = 0
+        real = store.get
+
+        def get(*args, **kwargs):
+            self.n += 1
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(store, "get", get)
+
+
+@pytest.mark.redis
+def test_engine_on_redis_equals_engine_in_memory(redis_server, redis_prefix, world):
+    store = redis_store(redis_server, redis_prefix, world)
+    t = world["as_of"]
+    store.publish_from(world["profiles"], as_of=t)
+    on_redis, in_memory = _engine(world, store), _engine(world, world["memory"])
     requests = [{"user_id": u, "ts": t, "request_id": f"r{i}"}
                 for i, u in enumerate(list(world["users"][:80]) + [10_000, 424242])]
     got = on_redis.decide_batch(requests)
     want = in_memory.decide_batch(requests)
     pd.testing.assert_frame_equal(got, want)
     assert (got["reason"] == "targeted").sum() > 20
+
+
+@pytest.mark.redis
+def test_get_block_equals_get_per_user(redis_server, redis_prefix, world):
+    store = redis_store(redis_server, redis_prefix, world)
+    store.publish_from(world["profiles"], as_of=world["as_of"])
+    users = [int(u) for u in world["users"]]
+    bad = users[7]
+    store._writer().set(store.key(bad), b"not a profile")
+    ids = users[:60] + users[:5] + [bad, 10_000, 424242, "nobody", -3, 1.5, True]
+    rng = np.random.default_rng(1)
+    rng.shuffle(ids)
+    block = store.get_block(ids, np.full(len(ids), world["as_of"]))  # times are ignored
+    assert block.segment_names == store.segment_names
+    assert block.failed is not None and block.failed.sum() == 2  # users[:60] holds bad too
+    for i, u in enumerate(ids):
+        if block.failed[i]:
+            assert u == bad and not block.present[i]
+            with pytest.raises(StoreError, match="not a bta profile"):
+                store.get(u)
+            continue
+        want = store.get(u)
+        assert bool(block.present[i]) == (want is not None), u
+        lo, hi = block.indptr[i], block.indptr[i + 1]
+        if want is None:
+            assert lo == hi and not block.segments[i].any()
+            continue
+        np.testing.assert_array_equal(block.indices[lo:hi], want.indices)
+        np.testing.assert_array_equal(block.values[lo:hi], want.values)
+        np.testing.assert_array_equal(block.segments[i], want.segments)
+    empty = store.get_block([])
+    assert empty.present.shape == (0,) and empty.indptr.tolist() == [0]
+
+
+@pytest.mark.redis
+def test_replay_on_redis_reads_in_bulk_and_fails_one_bad_value(redis_server, redis_prefix,
+                                                              world, monkeypatch):
+    store = redis_store(redis_server, redis_prefix, world)
+    t = world["as_of"]
+    store.publish_from(world["profiles"], as_of=t)
+    users = [int(u) for u in world["users"]]
+    store._writer().set(store.key(users[3]), b"btap garbage")
+    rng = np.random.default_rng(5)
+    # many distinct times: a read per distinct time would be a round trip per request
+    requests = [{"user_id": users[int(rng.integers(0, 40))] if i % 9 else 424242,
+                 "ts": t + int(rng.integers(0, 3_600_000)), "request_id": f"r{i}"}
+                for i in range(400)]
+    loop_engine = _engine(world, store)
+    want = decisions_frame([loop_engine.decide(r).as_dict() for r in requests])
+    gets = CountingGets(monkeypatch, store)
+    got = _engine(world, store).decide_batch(requests, chunk_size=150)
+    assert gets.n == 0  # read with get_block only
+    pd.testing.assert_frame_equal(got, want)
+    bad = (got["user_id"] == str(users[3])) & (got["arm"] == "targeted")
+    assert bad.any() and (got.loc[bad, "reason"] == "fallback:store_error").all()
+    assert (got.loc[~bad, "reason"] != "fallback:store_error").all()
+    assert (got["reason"] == "targeted").sum() > 100
+
+
+def test_replay_during_an_outage_fails_every_read_at_once(world, monkeypatch):
+    with socket.socket() as s:  # a port nothing listens on: connections are refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    store = redis_store(f"redis://127.0.0.1:{port}/0", "down", world,
+                        connect_timeout_ms=200.0)
+    with pytest.raises(StoreError, match="Redis MGET of 3 keys failed"):
+        store.get_block([1, 2, 3])
+    gets = CountingGets(monkeypatch, store)
+    requests = [{"user_id": int(u), "ts": world["as_of"], "request_id": f"r{i}"}
+                for i, u in enumerate(world["users"][:50])]
+    got = _engine(world, store).decide_batch(requests)
+    assert gets.n == 0  # no read user by user, each waiting for its own refusal
+    arm = got["arm"] == "targeted"  # the control arm reads no profile
+    assert arm.sum() > 20 and (got.loc[arm, "reason"] == "fallback:store_error").all()
+    assert (got.loc[~arm, "reason"] == "control").all() and not got["targeted"].any()
 
 
 @pytest.mark.redis

@@ -529,11 +529,14 @@ class Engine:
         A replay has no time budget (``fallback:timeout`` never occurs): it is offline.
         Profiles are read once per distinct (user, time) of the replay (kept in a bounded
         table across chunks): with one ``get_block`` call per chunk (a time per user) when
-        the store has it (:class:`~bta.serve.store.MemoryProfileStore`), else with
-        ``get_many`` per distinct time, so a store updated while the replay runs may be seen
-        later than a loop would see it. A failed ``get_block`` is read again user by user
-        (only the users whose read fails get ``fallback:store_error``); a failed
-        ``get_many`` fails the requests of that read. The frequency-cap history is kept
+        the store has it (:class:`~bta.serve.store.MemoryProfileStore`,
+        :class:`~bta.serve.redis_store.RedisProfileStore`), else with ``get_many`` per
+        distinct time, so a store updated while the replay runs may be seen later than a
+        loop would see it. Users whose read fails get ``fallback:store_error``: those a
+        block marks ``failed``; all of a ``get_block`` that raises
+        :class:`~bta.errors.StoreError` (the store is down) or of a failed ``get_many``; and,
+        for any other exception of ``get_block``, the users whose read fails again one by
+        one. The frequency-cap history is kept
         across chunks too, and read again from the engine when something else (a
         ``decide``, a win notice, an erasure) changed it in between. Memory is
         proportional to ``chunk_size`` times the number of campaigns, plus the bounded

@@ -36,7 +36,7 @@ import numpy as np
 
 from bta.errors import ConfigError, SchemaError, StoreError, check_param
 from bta.events import to_millis
-from bta.serve.store import BookState, Profile
+from bta.serve.store import BookState, Profile, ProfileBlock
 
 __all__ = ["RedisProfileStore", "FORMAT_VERSION", "encode_profile", "decode_profile",
            "layout_fingerprint"]
@@ -49,6 +49,8 @@ _DTYPES = {0: np.dtype("<f8"), 1: np.dtype("<f4")}
 _DTYPE_CODE = {"float64": 0, "float32": 1}
 _NO_INDICES = np.zeros(0, dtype=np.int32)
 _NO_VALUES = np.zeros(0, dtype=np.float64)
+#: Keys per ``MGET`` of a bulk read; the ``MGET``\ s of one call go in one pipeline.
+_MGET_CHUNK = 1000
 
 
 def layout_fingerprint(feature_names: Sequence[str], nan_absent: Any) -> str:
@@ -367,6 +369,83 @@ class RedisProfileStore(BookState):
             if raw is not None:
                 out[i] = decode_profile(raw, n_feat, n_seg, fp)[0]
         return out
+
+    def get_block(self, user_ids: Sequence[Any], as_of_ms: Any = None) -> ProfileBlock:
+        r"""Many users' profiles as arrays (the offline replay's bulk read), user ``i``'s equal
+        to ``get(user_ids[i])``.
+
+        Each distinct user is read once, with pipelined ``MGET``\ s of up to 1,000 keys in one
+        round trip, through the writer's connection and ``write_timeout_ms`` (a bulk read is
+        offline work, not a request's few milliseconds).
+
+        Parameters
+        ----------
+        user_ids : sequence of user ids, length n_users
+        as_of_ms : ignored
+            Accepted for the store interface: profiles are snapshots as of their publish time.
+
+        Returns
+        -------
+        ProfileBlock
+            With ``failed`` set for users whose stored value is not a profile of this layout
+            (where :meth:`get` would raise :class:`StoreError`); those are not ``present``.
+
+        Raises
+        ------
+        StoreError
+            When Redis cannot be read (the whole block: a connection error or a timeout).
+        """
+        names, fp, _book = self._book_state
+        n = len(user_ids)
+        slot = np.full(n, -1, dtype=np.int64)  # user -> position among the distinct keys
+        keys: dict[str, int] = {}
+        for i, u in enumerate(user_ids):
+            try:
+                k = self.key(u)
+            except ConfigError:
+                continue  # an id no publisher can have written: absent
+            slot[i] = keys.setdefault(k, len(keys))
+        raws: list = []
+        if keys:
+            order = list(keys)
+            try:
+                pipe = self._writer().pipeline(transaction=False)
+                for lo in range(0, len(order), _MGET_CHUNK):
+                    pipe.mget(order[lo:lo + _MGET_CHUNK])
+                raws = [raw for part in pipe.execute() for raw in part]
+            except Exception as exc:  # noqa: BLE001 - redis, socket and OS errors alike
+                raise StoreError(f"Redis MGET of {len(order)} keys failed: "
+                                 f"{type(exc).__name__}: {exc}") from exc
+        n_feat, n_seg = len(self.feature_names), len(names)
+        decoded: list[Profile | None] = []
+        bad = np.zeros(len(raws), dtype=bool)
+        for j, raw in enumerate(raws):
+            p = None
+            if raw is not None:
+                try:
+                    p = decode_profile(raw, n_feat, n_seg, fp)[0]
+                except StoreError:
+                    bad[j] = True
+            decoded.append(p)
+        got = slot >= 0
+        present = got.copy()
+        present[got] = [decoded[j] is not None for j in slot[got].tolist()]
+        failed = np.zeros(n, dtype=bool)
+        failed[got] = bad[slot[got]]
+        rows = [decoded[j] for j in slot[present].tolist()]
+        lengths = np.zeros(n, dtype=np.int64)
+        lengths[present] = [p.indices.shape[0] for p in rows]
+        indptr = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(lengths, out=indptr[1:])
+        segments = np.zeros((n, n_seg), dtype=bool)
+        if rows:
+            indices = np.concatenate([p.indices for p in rows])
+            values = np.concatenate([p.values for p in rows])
+            segments[present] = np.stack([p.segments for p in rows])
+        else:
+            indices, values = _NO_INDICES, _NO_VALUES
+        return ProfileBlock(present, indptr, indices, values, segments, names,
+                            failed if failed.any() else None)
 
     def published_at(self, user_id: Any) -> int | None:
         """Epoch ms the user's stored snapshot was evaluated at, or None."""

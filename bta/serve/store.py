@@ -10,7 +10,8 @@ Bulk reads: :meth:`MemoryProfileStore.get_block` reads many users, each at its o
 one compiled call (:meth:`~bta.features.OnlineProfiles.vectors`) as a
 :class:`ProfileBlock` of arrays; :meth:`MemoryProfileStore.get_many` gives the same as
 :class:`Profile` objects. Both equal ``get`` per user exactly; the offline replay
-(:meth:`~bta.serve.engine.Engine.decide_batch`) reads through ``get_block``.
+(:meth:`~bta.serve.engine.Engine.decide_batch`) reads through ``get_block``, which
+:meth:`~bta.serve.redis_store.RedisProfileStore.get_block` also has (pipelined ``MGET``).
 """
 
 from __future__ import annotations
@@ -41,7 +42,9 @@ class Profile(NamedTuple):
 class ProfileBlock(NamedTuple):
     """Many users' profiles as arrays (:meth:`MemoryProfileStore.get_block`): user ``i`` has a
     profile where ``present[i]``, with entries ``indices[indptr[i]:indptr[i + 1]]`` (and
-    ``values``) and segment flags ``segments[i]``."""
+    ``values``) and segment flags ``segments[i]``. A store whose reads can fail user by user
+    (a stored value that is not a profile) marks those users in ``failed`` (not ``present``);
+    a read of the whole block that fails raises instead."""
 
     present: np.ndarray   #: bool, shape (n_users,)
     indptr: np.ndarray    #: int64, shape (n_users + 1,)
@@ -49,6 +52,7 @@ class ProfileBlock(NamedTuple):
     values: np.ndarray    #: float64 values
     segments: np.ndarray  #: bool, shape (n_users, len(segment_names))
     segment_names: tuple[str, ...]
+    failed: np.ndarray | None = None  #: bool, shape (n_users,); None when no read failed
 
 
 class ProfileStore(Protocol):
