@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
+import numpy as np
 import pandas as pd
 
 from bta.dask._compute import compute
@@ -13,8 +14,17 @@ from bta.dask.io import partition_by_user
 from bta.errors import ConfigError, SchemaError, check_param
 from bta.evaluate import ABReport, ArmStats, merge
 from bta.evaluate import ab_report as _ab_report
-from bta.evaluate import summarize as _summarize
+from bta.evaluate._ab_prepare import (
+    _arm_stats,
+    _first_ids,
+    _multi_note,
+    _no_user_note,
+    _prepare,
+    _Summary,
+    _Units,
+)
 from bta.evaluate.ab import ROLES
+from bta.evaluate.stats import Moments
 
 __all__ = ["summarize", "ab_report"]
 
@@ -59,6 +69,17 @@ def summarize(ddf: Any, outcomes: Any = None, *, columns: Mapping[str, Any] | No
     the single-machine ones to rounding (relative 1e-12 in the tests): addition in another
     order.
     """
+    parts, _ = _summaries(ddf, outcomes, columns, cost, cuped, exclude_multi_arm_users,
+                          partitioned, npartitions, client, daily=False)
+    return merge(*(p.stats for p in parts))
+
+
+def _summaries(ddf: Any, outcomes: Any, columns: Mapping[str, Any] | None, cost: Any,
+               cuped: Any, exclude_multi_arm_users: bool, partitioned: bool,
+               npartitions: int | None, client: Any, daily: bool
+               ) -> tuple[list["_Part"], str | None]:
+    """Each partition's summary (see :func:`summarize`), computed on the cluster, and the
+    note on outcome rows that joined no request (None when all joined)."""
     import dask
     import dask.dataframe as dd
 
@@ -105,18 +126,18 @@ def summarize(ddf: Any, outcomes: Any = None, *, columns: Mapping[str, Any] | No
     elif isinstance(cuped, pd.DataFrame):
         cuped_parts = [dask.delayed(cuped, pure=True)] * n
     task = dask.delayed(_partition_summary, pure=True)
-    parts = [task(p, o, c, dict(columns or {}), cost, exclude_multi_arm_users)
+    parts = [task(p, o, c, dict(columns or {}), cost, exclude_multi_arm_users, daily)
              for p, o, c in zip(log.to_delayed(), out_parts, cuped_parts)]
     *results, n_out = compute(*parts, n_outcomes, client=client)
-    stats = [r[0] for r in results]
-    k = int(n_out) - sum(r[1] for r in results)
+    k = int(n_out) - sum(r.n_joined for r in results)
+    note = None
     if outcomes is not None and k:
-        warnings.warn(f"{k} outcome rows match no decision in the log by {rid!r} and were "
-                      f"dropped", RuntimeWarning, stacklevel=2)
-    merged = merge(*stats)
-    if not merged:
+        note = f"{k} outcome rows match no decision in the log by {rid!r} and were dropped"
+        warnings.warn(note, RuntimeWarning, stacklevel=3)
+    results = [r for r in results if r.stats]
+    if not results:
         raise SchemaError("the log has no rows with a user and an arm: nothing to summarize")
-    return merged
+    return results, note
 
 
 class _OutcomeSlice:
@@ -130,12 +151,19 @@ class _OutcomeSlice:
         return self.outcomes.loc[rows].reset_index(drop=True)
 
 
+class _Part(NamedTuple):
+    """One partition's summary: small, whatever the partition's size."""
+
+    stats: dict[Any, ArmStats]
+    n_joined: int  # outcome rows joined to its requests
+    units: _Units | None  # without per-unit rows; with the per-day moments when asked
+
+
 def _partition_summary(df: pd.DataFrame, outcomes: _OutcomeSlice | None, cuped: Any,
-                       columns: dict, cost: Any, exclude: bool
-                       ) -> tuple[dict[Any, ArmStats], int]:
+                       columns: dict, cost: Any, exclude: bool, daily: bool) -> _Part:
     """Summaries of one partition, and how many outcome rows joined its requests."""
     if len(df) == 0:
-        return {}, 0
+        return _Part({}, 0, None)
     df = df.reset_index(drop=True)
     out = None
     if outcomes is not None:
@@ -144,9 +172,71 @@ def _partition_summary(df: pd.DataFrame, outcomes: _OutcomeSlice | None, cuped: 
             raise SchemaError(f"log is missing column {rid!r} (the request_id column, needed "
                               f"to join outcomes)")
         out = outcomes.take(df[rid])
-    stats = _summarize(df, out, columns=columns or None, cost=cost, cuped=cuped,
-                       exclude_multi_arm_users=exclude)
-    return stats, 0 if out is None else len(out)
+    units = _prepare(df, out, columns or None, cost, cuped, exclude, daily=daily)
+    stats = _arm_stats(units)
+    units.x = units.x[:0]  # the per-unit rows stay on the worker
+    units.offsets = np.zeros_like(units.offsets)
+    return _Part(stats, 0 if out is None else len(out), units if daily else None)
+
+
+def _merge_units(parts: Sequence[_Part], stats: dict[Any, ArmStats], exclude: bool) -> _Units:
+    """The partitions' row counts, notes and per-day moments, merged (no per-unit rows)."""
+    units = [p.units for p in parts]
+    names = next(iter(stats.values())).names
+    arms = list(stats)
+    rows = sum(u.rows for u in units)
+    no_user = sum(u.no_user_rows for u in units)
+    multi = sum(u.multi_arm_users for u in units)
+    multi_rows = sum(u.multi_rows for u in units)
+    sample = _first_ids([v for u in units for v in u.multi_sample])
+    notes: list[str] = []
+    for u in units:  # the notes that do not count rows are the same in every partition
+        counted = {_no_user_note(u.no_user_rows), _multi_note(
+            u.multi_arm_users, u.multi_rows, u.multi_sample, exclude)}
+        notes += [n for n in u.notes if n not in counted and n not in notes]
+    if no_user:
+        notes.append(_no_user_note(no_user))
+    if multi:
+        notes.append(_multi_note(multi, multi_rows, sample, exclude))
+    merged = _Units(arms, names, np.zeros((0, len(names))), np.zeros(len(arms) + 1, np.int64),
+                    multi, notes, rows, sum(u.rows_used for u in units), no_user_rows=no_user,
+                    multi_rows=multi_rows, multi_sample=sample)
+    with_days = [u for u in units if u.daily is not None]
+    if with_days and len(with_days) == len(units):
+        merged.daily = _merge_daily(with_days, arms, names)
+    return merged
+
+
+def _merge_daily(units: Sequence[_Units], arms: list[Any], names: tuple[str, ...]
+                 ) -> tuple[np.ndarray, Moments, Moments]:
+    """Per (arm, day) moments summed over partitions. A day's moments add up over users, so
+    over partitions; a partition without rows on a day adds nothing to that day, and its
+    cumulative moments carry over from its last earlier day."""
+    days = np.unique(np.concatenate([u.daily[0] for u in units]))
+    k = len(names)
+
+    def zeros() -> Moments:
+        a, d = len(arms), days.size
+        return Moments(np.zeros((a, d)), np.zeros((a, d, k)), np.zeros((a, d, k, k)), names)
+
+    day_m, cum_m = zeros(), zeros()
+    for u in units:
+        p_days, p_day, p_cum = u.daily
+        rows = np.array([arms.index(a) for a in u.arms], dtype=np.int64)[:, None]
+        cols = np.searchsorted(days, p_days)[None, :]
+        # the partition's last day on or before each day of the merged table (-1: none yet)
+        last = np.searchsorted(p_days, days, side="right") - 1
+        seen = (last >= 0)[None, :]
+        for total, part, carry in ((day_m, p_day, False), (cum_m, p_cum, True)):
+            for field in ("n", "sums", "cross"):
+                src, dst = getattr(part, field), getattr(total, field)
+                if carry:
+                    vals = src[:, np.maximum(last, 0)]
+                    mask = seen.reshape(seen.shape + (1,) * (vals.ndim - 2))
+                    dst[rows[:, 0]] += np.where(mask, vals, 0.0)
+                else:
+                    dst[rows, cols] += src
+    return days, day_m, cum_m
 
 
 def ab_report(ddf: Any, outcomes: Any = None, *, columns: Mapping[str, Any] | None = None,
@@ -167,8 +257,10 @@ def ab_report(ddf: Any, outcomes: Any = None, *, columns: Mapping[str, Any] | No
     -------
     ABReport
         The report of the merged summaries: per-arm table, lifts, tests and SRM equal to the
-        single-machine report (floats to rounding, see :func:`summarize`). Built from
-        summaries, it has no per-day table, no bootstrap and no row counts.
+        single-machine report (floats to rounding, see :func:`summarize`), and so are its
+        per-day table (each day's moments and the cumulative ones, summed over partitions),
+        row counts and notes. It has no bootstrap: the resamples are drawn per unit of one
+        in-memory log.
 
     Examples
     --------
@@ -179,7 +271,10 @@ def ab_report(ddf: Any, outcomes: Any = None, *, columns: Mapping[str, Any] | No
         if bad in report_kw:
             raise ConfigError(f"{bad} is not available over partitions (the bootstrap "
                               f"resamples users of one in-memory log)")
-    stats = summarize(ddf, outcomes, columns=columns, cost=cost, cuped=cuped,
-                      exclude_multi_arm_users=exclude_multi_arm_users, partitioned=partitioned,
-                      npartitions=npartitions, client=client)
-    return _ab_report(stats, cuped=True if cuped is not None else None, **report_kw)
+    parts, note = _summaries(ddf, outcomes, columns, cost, cuped, exclude_multi_arm_users,
+                             partitioned, npartitions, client, daily=True)
+    stats = merge(*(p.stats for p in parts))
+    summary = _Summary(stats, _merge_units(parts, stats, exclude_multi_arm_users))
+    if note:
+        summary.units.notes.append(note)
+    return _ab_report(summary, cuped=True if cuped is not None else None, **report_kw)

@@ -25,7 +25,8 @@ from bta.evaluate._ab_inputs import (
 )
 from bta.evaluate.stats import BASE_METRICS, ArmStats, Moments
 
-__all__ = ["_Units", "_arm_stats", "_prepare"]
+__all__ = ["_Summary", "_Units", "_arm_stats", "_first_ids", "_multi_note", "_no_user_note",
+           "_prepare"]
 
 
 @dataclass
@@ -41,6 +42,39 @@ class _Units:
     rows: int
     rows_used: int
     daily: tuple[np.ndarray, Moments, Moments] | None = None  # days, per day, cumulative
+    no_user_rows: int = 0  # rows without a user id (excluded)
+    multi_rows: int = 0  # rows of users in several arms, when excluded
+    multi_sample: tuple = ()  # up to 5 of those users' ids, for the note
+
+
+@dataclass
+class _Summary:
+    """Per-arm summaries with what a report needs beyond them (the per-day table, row counts
+    and notes) but no per-unit rows: what :func:`bta.dask.ab_report` merges from partitions.
+    :func:`~bta.evaluate.ab_report` reads it as it reads a log (``units.x`` is empty, so no
+    bootstrap)."""
+
+    stats: dict[Any, ArmStats]
+    units: _Units
+
+
+def _first_ids(ids: Sequence[Any], k: int = 5) -> tuple:
+    """The ``k`` smallest ids (by type name, then value): the same examples however the log is
+    split (:func:`bta.dask.ab_report` merges the partitions' examples with this too)."""
+    return tuple(sorted(ids, key=lambda v: (type(v).__name__, v))[:k])
+
+
+def _no_user_note(n_rows: int) -> str:
+    return f"{n_rows} rows without a user id were excluded (no randomization unit)"
+
+
+def _multi_note(n_users: int, n_rows: int, sample: Sequence[Any], excluded: bool) -> str:
+    shown = ", ".join(repr(v) for v in list(sample)[:5])
+    if excluded:
+        return (f"{n_users} users seen in more than one arm were excluded ({n_rows} rows; "
+                f"e.g. {shown})")
+    return (f"{n_users} users seen in more than one arm were kept: each of their (user, arm) "
+            f"pairs counts as a unit (e.g. {shown})")
 
 
 _INDICATOR_OF = {"clicked": "clicks", "converted": "conversions"}
@@ -152,8 +186,7 @@ def _prepare(log: Any, outcomes: Any, columns: Mapping[str, Any] | None, cost: A
     no_user = user_code < 0
     n_no_user = int(no_user.sum())
     if n_no_user:
-        notes.append(f"{n_no_user} rows without a user id were excluded (no randomization "
-                     f"unit)")
+        notes.append(_no_user_note(n_no_user))
     n_rows = arm_code.size
 
     # ---- per-row base values
@@ -187,16 +220,14 @@ def _prepare(log: Any, outcomes: Any, columns: Mapping[str, Any] | None, cost: A
     multi = amin != amax
     n_multi = int(multi.sum())
     keep = has_user if n_no_user else None
+    multi_rows, sample = 0, ()
     if n_multi:
-        sample = ", ".join(repr(v) for v in user_labels[multi][:5].tolist())
+        sample = _first_ids(user_labels[multi].tolist())
         if exclude_multi_arm_users:
             in_multi = has_user & multi[np.maximum(user_code, 0)]
             keep = has_user & ~in_multi
-            notes.append(f"{n_multi} users seen in more than one arm were excluded "
-                         f"({int(in_multi.sum())} rows; e.g. {sample})")
-        else:
-            notes.append(f"{n_multi} users seen in more than one arm were kept: each of their "
-                         f"(user, arm) pairs counts as a unit (e.g. {sample})")
+            multi_rows = int(in_multi.sum())
+        notes.append(_multi_note(n_multi, multi_rows, sample, exclude_multi_arm_users))
     if keep is not None:
         arm_code, user_code = arm_code[keep], user_code[keep]
         rows = {k: v[keep] for k, v in rows.items()}
@@ -222,7 +253,8 @@ def _prepare(log: Any, outcomes: Any, columns: Mapping[str, Any] | None, cost: A
     x = _unit_matrix(base, covs, names)
     offsets = np.searchsorted(unit_arm, np.arange(n_arms + 1))
     units = _Units(arms, names, np.ascontiguousarray(x), offsets, n_multi, notes, n_rows,
-                   int(arm_code.size))
+                   int(arm_code.size), no_user_rows=n_no_user, multi_rows=multi_rows,
+                   multi_sample=sample)
     if use_ts:
         ms = _times_ms(data[ts_name], ts_name)
         if keep is not None:

@@ -44,7 +44,7 @@ import pandas as pd
 
 from bta.errors import ConfigError, UnknownNameError, check_param
 from bta.evaluate._ab_inputs import ROLES, CostModel
-from bta.evaluate._ab_prepare import _arm_stats, _prepare
+from bta.evaluate._ab_prepare import _arm_stats, _prepare, _Summary, _Units
 from bta.evaluate._ab_tables import (
     _TOTALS,
     _arms_frame,
@@ -199,11 +199,27 @@ def ab_report(log: Any, outcomes: Any = None, *, columns: Mapping[str, Any] | No
         multi = 0
         n_rows = n_used = None
     else:
-        units = _prepare(log, outcomes, columns, cost, cuped, exclude_multi_arm_users,
-                         daily=True)
-        stats = _arm_stats(units)
+        if isinstance(log, _Summary):  # merged partition summaries (bta.dask.ab_report)
+            units, stats = log.units, dict(log.stats)
+            check_param("bootstrap", bootstrap, bootstrap == 0,
+                        "0 with summary statistics (it resamples users of a log)")
+        else:
+            units = _prepare(log, outcomes, columns, cost, cuped, exclude_multi_arm_users,
+                             daily=True)
+            stats = _arm_stats(units)
         notes, multi = list(units.notes), units.multi_arm_users
         n_rows, n_used = units.rows, units.rows_used
+    return _report(stats, units, notes, multi, n_rows, n_used, st, cuped=cuped,
+                   expected_weights=expected_weights, random_state=random_state)
+
+
+def _report(stats: dict[Any, ArmStats], units: _Units | None, notes: list[str], multi: int,
+            n_rows: int | None, n_used: int | None, st: _Settings, *, cuped: Any,
+            expected_weights: Mapping[Any, float] | None, random_state: Any) -> ABReport:
+    """The report of per-arm summaries; ``units`` (when known) gives the per-day table and
+    the bootstrap (the bootstrap needs the per-unit rows ``units.x``)."""
+    control, alpha, srm_alpha = st.control, st.alpha, st.srm_alpha
+    bootstrap, correction, sequential = st.bootstrap, st.correction, st.sequential
     names = next(iter(stats.values())).names
     if expected_weights is not None:
         for a in expected_weights:
@@ -221,7 +237,7 @@ def ab_report(log: Any, outcomes: Any = None, *, columns: Mapping[str, Any] | No
     if srm["alarm"].iloc[0]:
         notes.append(f"sample ratio mismatch: p = {srm['p_value'].iloc[0]:.3g} < {srm_alpha} "
                      f"(check the assignment before trusting any lift)")
-    rho = msprt_rho(alpha, sequential_tuning) if sequential else None
+    rho = msprt_rho(alpha, st.sequential_tuning) if sequential else None
     moments = Moments.stack([stats[a] for a in arms])
     lifts, results = _lifts(moments, arms, st, covariates, rho)
     if bootstrap and units is not None and len(arms) > 1:
