@@ -16,9 +16,11 @@ Endpoints:
   (no content) for a no-bid, with the OpenRTB no-bid reason code in the ``X-Bta-Nbr`` header
   and bta's reason in ``X-Bta-Reason``. A body that is not JSON gets ``400`` with a JSON
   ``{"error": ...}``; a body over ``max_body`` bytes gets ``413`` and a request without a
-  ``Content-Length`` gets ``411``, each unread: the server then closes the connection after
-  reading and dropping what the client still sends (at most ``LINGER_SECONDS``), so that a
-  client still writing its body reads the refusal instead of a reset. The server keeps serving
+  ``Content-Length`` gets ``411``, each unread and with ``Connection: close`` (to a client
+  that sent ``Expect: 100-continue``, instead of the invitation to send the body): the server
+  then closes the connection after reading and dropping what the client still sends (at most
+  ``LINGER_SECONDS``), so that a client still writing its body reads the refusal instead of
+  a reset. The server keeps serving
   after any of them: :func:`bta.serve.decide_openrtb` never raises on request data.
 - ``GET /healthz``: ``200 {"status": "ok", "version": ...}``.
 
@@ -89,10 +91,12 @@ class _Handler(BaseHTTPRequestHandler):
         closes, so that it can finish writing and read the answer.
         """
         self.close_connection = True
-        self._send(status, {"error": error})
-        self.wfile.flush()
         sock = self.connection
         try:
+            # "Connection: close" tells a keep-alive client to close once it has the answer,
+            # which ends the linger at once
+            self._send(status, {"error": error}, {"Connection": "close"})
+            self.wfile.flush()
             sock.shutdown(socket.SHUT_WR)
             deadline = time.monotonic() + LINGER_SECONDS
             left = LINGER_BYTES
@@ -114,7 +118,8 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send(HTTPStatus.NOT_FOUND, {"error": f"no such path: {self.path[:100]}"})
 
-    def do_POST(self) -> None:  # noqa: N802
+    def _body_length(self) -> int | None:
+        """The request's body length, or None after refusing it (411, 413)."""
         length = self.headers.get("Content-Length")
         try:
             n = int(length) if length is not None else -1
@@ -123,10 +128,22 @@ class _Handler(BaseHTTPRequestHandler):
         if n < 0:
             # without a length the request body cannot be delimited on a kept-alive connection
             self._refuse(HTTPStatus.LENGTH_REQUIRED, "Content-Length is required")
-            return
+            return None
         if n > self.server.max_body:
             self._refuse(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                          f"body of {n} bytes exceeds {self.server.max_body}")
+            return None
+        return n
+
+    def handle_expect_100(self) -> bool:
+        # "Expect: 100-continue": refuse a body we will not read before inviting it
+        if self.command == "POST" and self._body_length() is None:
+            return False
+        return super().handle_expect_100()
+
+    def do_POST(self) -> None:  # noqa: N802
+        n = self._body_length()
+        if n is None:
             return
         raw = self.rfile.read(n)
         if self.path.split("?", 1)[0] != AUCTION_PATH:

@@ -227,6 +227,44 @@ def test_oversized_and_unlengthed_bodies_are_refused(served):
     assert _post(port, _bid_request("1"))[0] == 200
 
 
+def _raw_exchange(port: int, head: str) -> bytes:
+    """Send ``head`` on a new connection; everything the server sends until it closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(head.encode())
+        got = b""
+        while chunk := s.recv(1 << 16):
+            got += chunk
+    return got
+
+
+def test_a_refusal_closes_a_kept_alive_connection(served):
+    _, _, port = served
+    c = HTTPConnection("127.0.0.1", port, timeout=10)
+    c.putrequest("POST", adserver.AUCTION_PATH)
+    c.putheader("Content-Length", str(adserver.DEFAULT_MAX_BODY + 1))
+    c.endheaders()  # the body is never sent: the answer must come, and the close with it
+    r = c.getresponse()
+    assert r.status == 413 and r.getheader("Connection") == "close" and r.will_close
+    r.read()
+    c.close()
+
+
+def test_expect_100_continue_gets_the_refusal_instead_of_an_invitation(served):
+    _, _, port = served
+    head = (f"POST {adserver.AUCTION_PATH} HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+            f"Content-Length: {adserver.DEFAULT_MAX_BODY + 1}\r\n\r\n")
+    got = _raw_exchange(port, head)
+    assert got.startswith(b"HTTP/1.1 413") and b"100 Continue" not in got
+    body = json.dumps({"id": "r1", "imp": [{"id": "1"}]})
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall((f"POST {adserver.AUCTION_PATH} HTTP/1.1\r\nHost: x\r\n"
+                   f"Expect: 100-continue\r\nContent-Length: {len(body)}\r\n\r\n").encode())
+        assert s.recv(1 << 16).startswith(b"HTTP/1.1 100 Continue")  # a body we will read
+        s.sendall(body.encode())
+        assert s.recv(1 << 16).split(b"\r\n", 1)[0] in (b"HTTP/1.1 200 OK",
+                                                           b"HTTP/1.1 204 No Content")
+
+
 def test_a_refused_client_that_keeps_sending_is_cut_off_after_the_linger(served, monkeypatch):
     _, _, port = served
     monkeypatch.setattr(adserver, "LINGER_SECONDS", 0.3)

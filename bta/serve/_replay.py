@@ -19,7 +19,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from bta.errors import StoreError
 from bta.privacy import GATE_OK
 from bta.serve import _kernels as K
 from bta.serve.campaigns import CONTEXT_FIELDS
@@ -509,10 +508,9 @@ class _ProfileTable:
         """Table rows of the (user, ts) profiles: read from the store those not yet in it
         (one ``get_block`` call with a time per user when the store has it, else
         ``get_many`` per distinct time); ``_NO_PROFILE`` / ``_FAILED`` where there is none or
-        the read failed (failures are not kept: a later chunk reads again). A ``get_block``
-        that raises :class:`StoreError` failed as a whole (an outage: every read of it
-        fails, none is tried again user by user); any other exception is read again user by
-        user, so that one bad id fails one read."""
+        the read failed (failures are not kept: a later chunk reads again). Users a block
+        marks ``failed`` fail; a ``get_block`` that raises is read again user by user (a
+        shard that is down fails its users' reads only)."""
         ucode, uniq_u = pd.factorize(users)
         tcode, uniq_t = pd.factorize(ts)
         uniq_u, uniq_t = uniq_u.tolist(), uniq_t.tolist()
@@ -533,16 +531,11 @@ class _ProfileTable:
         store = self.engine.store
         get_block = getattr(store, "get_block", None)
         if get_block is not None:
-            block, down = None, False
             try:
                 block = get_block(us, np.array(tt, dtype=np.int64))
-            except StoreError:  # the store is down: per-user reads would each wait to fail
-                down = True
             except Exception:  # noqa: BLE001 - read user by user: a failure fails one read
-                pass
-            if down:
-                got = np.full(todo.size, _FAILED, dtype=np.int64)
-            elif block is not None:
+                block = None
+            if block is not None:
                 got = self._add_block(block)
             else:
                 got = np.array([self._read_one(store, u, t) for u, t in zip(us, tt)],

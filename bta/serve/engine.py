@@ -533,10 +533,9 @@ class Engine:
         :class:`~bta.serve.redis_store.RedisProfileStore`), else with ``get_many`` per
         distinct time, so a store updated while the replay runs may be seen later than a
         loop would see it. Users whose read fails get ``fallback:store_error``: those a
-        block marks ``failed``; all of a ``get_block`` that raises
-        :class:`~bta.errors.StoreError` (the store is down) or of a failed ``get_many``; and,
-        for any other exception of ``get_block``, the users whose read fails again one by
-        one. The frequency-cap history is kept
+        block marks ``failed`` (a stored value that is not a profile); all of a failed
+        ``get_many``; and, when ``get_block`` raises, the users whose read fails again one
+        by one (only the users of a shard that is down). The frequency-cap history is kept
         across chunks too, and read again from the engine when something else (a
         ``decide``, a win notice, an erasure) changed it in between. Memory is
         proportional to ``chunk_size`` times the number of campaigns, plus the bounded

@@ -49,8 +49,9 @@ _DTYPES = {0: np.dtype("<f8"), 1: np.dtype("<f4")}
 _DTYPE_CODE = {"float64": 0, "float32": 1}
 _NO_INDICES = np.zeros(0, dtype=np.int32)
 _NO_VALUES = np.zeros(0, dtype=np.float64)
-#: Keys per ``MGET`` of a bulk read; the ``MGET``\ s of one call go in one pipeline.
+#: Keys per ``MGET`` of a bulk read, and ``MGET``\ s per pipelined round trip.
 _MGET_CHUNK = 1000
+_MGETS_PER_TRIP = 10
 
 
 def layout_fingerprint(feature_names: Sequence[str], nan_absent: Any) -> str:
@@ -155,6 +156,12 @@ def _user_key(user_id: Any) -> str:
     if isinstance(user_id, (int, np.integer)):
         return f"i{int(user_id)}"
     if isinstance(user_id, str):
+        if not user_id.isascii():
+            try:
+                user_id.encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate: no Redis key can hold it
+                raise ConfigError(f"user_id must be valid Unicode text, got {user_id!r}") \
+                    from None
         return "s" + user_id
     raise ConfigError(f"user_id must be a str or int, got {type(user_id).__name__} "
                       f"{user_id!r}")
@@ -188,12 +195,14 @@ class RedisProfileStore(BookState):
     prefix : str, default "bta"
         Key namespace.
     timeout_ms : float, default 5.0
-        Socket timeout of every read; a read that takes longer raises :class:`StoreError`
-        (the Engine falls back with ``fallback:store_error``).
+        Socket timeout of every request's read; a read that takes longer raises
+        :class:`StoreError` (the Engine falls back with ``fallback:store_error``). The bulk
+        reads of an offline replay (:meth:`get_block`) use ``write_timeout_ms``.
     connect_timeout_ms : float, default 20.0
         Timeout of (re)connecting.
     write_timeout_ms : float, default 5000.0
-        Socket timeout of writes (:meth:`put_many`, :meth:`publish_from` send large pipelines).
+        Socket timeout of writes (:meth:`put_many`, :meth:`publish_from` send large pipelines)
+        and of bulk reads (:meth:`get_block`).
     dtype : {"float64", "float32"}, default "float64"
         Type of the stored values; float32 keeps ~7 significant digits in half the bytes.
     ttl : duration, optional
@@ -264,7 +273,7 @@ class RedisProfileStore(BookState):
             check_param("url", url, isinstance(url, str) and "://" in url,
                         "a Redis URL such as 'redis://127.0.0.1:6379/0'")
             self._r = self._client(self.timeout_ms)
-            self._w = None  # built on the first write: a pure reader never opens it
+            self._w = None  # built on the first write or bulk read; a server never opens it
 
     @classmethod
     def from_profiles(cls, profiles: Any, book: Any = None, **kwargs: Any) -> "RedisProfileStore":
@@ -374,9 +383,11 @@ class RedisProfileStore(BookState):
         r"""Many users' profiles as arrays (the offline replay's bulk read), user ``i``'s equal
         to ``get(user_ids[i])``.
 
-        Each distinct user is read once, with pipelined ``MGET``\ s of up to 1,000 keys in one
-        round trip, through the writer's connection and ``write_timeout_ms`` (a bulk read is
-        offline work, not a request's few milliseconds).
+        Each distinct user is read once, with ``MGET``\ s of up to 1,000 keys pipelined ten
+        to a round trip, through the writer's connection and ``write_timeout_ms`` (a bulk read
+        is offline work, not a request's few milliseconds). As with :meth:`get_many`, a key
+        that holds another Redis type (not written by a store) reads as absent, where
+        :meth:`get` raises :class:`StoreError`.
 
         Parameters
         ----------
@@ -405,28 +416,29 @@ class RedisProfileStore(BookState):
             except ConfigError:
                 continue  # an id no publisher can have written: absent
             slot[i] = keys.setdefault(k, len(keys))
-        raws: list = []
-        if keys:
-            order = list(keys)
+        n_feat, n_seg = len(self.feature_names), len(names)
+        order = list(keys)
+        decoded: list[Profile | None] = []
+        bad = np.zeros(len(order), dtype=bool)
+        step = _MGET_CHUNK * _MGETS_PER_TRIP  # raw values held at once: one trip's
+        for lo in range(0, len(order), step):
             try:
                 pipe = self._writer().pipeline(transaction=False)
-                for lo in range(0, len(order), _MGET_CHUNK):
-                    pipe.mget(order[lo:lo + _MGET_CHUNK])
+                for k in range(lo, min(lo + step, len(order)), _MGET_CHUNK):
+                    pipe.mget(order[k:k + _MGET_CHUNK])
                 raws = [raw for part in pipe.execute() for raw in part]
             except Exception as exc:  # noqa: BLE001 - redis, socket and OS errors alike
                 raise StoreError(f"Redis MGET of {len(order)} keys failed: "
                                  f"{type(exc).__name__}: {exc}") from exc
-        n_feat, n_seg = len(self.feature_names), len(names)
-        decoded: list[Profile | None] = []
-        bad = np.zeros(len(raws), dtype=bool)
-        for j, raw in enumerate(raws):
-            p = None
-            if raw is not None:
-                try:
-                    p = decode_profile(raw, n_feat, n_seg, fp)[0]
-                except StoreError:
-                    bad[j] = True
-            decoded.append(p)
+            for j, raw in enumerate(raws, start=lo):
+                p = None
+                if raw is not None:
+                    try:
+                        p = decode_profile(raw, n_feat, n_seg, fp)[0]
+                    except StoreError:
+                        bad[j] = True
+                decoded.append(p)
+            del raws
         got = slot >= 0
         present = got.copy()
         present[got] = [decoded[j] is not None for j in slot[got].tolist()]
