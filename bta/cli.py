@@ -4,7 +4,7 @@
 ``bta demo``        the whole pipeline on a simulated ad world: a targeted-vs-untargeted A/B test
 ``bta simulate``    a simulated clickstream -> events file
 ``bta features``    events file -> feature file
-``bta segment``     feature file + rules -> segment memberships
+``bta segment``     feature file + rules or interest clusters -> segment memberships
 ``bta replay``      request log -> decisions through an Engine config
 ``bta evaluate``    decision log (+ outcomes) -> A/B report
 ==================  ==============================================================================
@@ -155,21 +155,24 @@ def _segment(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from bta.config import load_config, load_features, write_table
-    from bta.segment import DEFAULT_MIN_AUDIENCE, SegmentBook, evaluate_rules
+    from bta.segment import DEFAULT_MIN_AUDIENCE, InterestClusters, SegmentBook, evaluate_rules
 
     rules: dict[str, str] = {}
     min_audience = DEFAULT_MIN_AUDIENCE
+    clusters, seed = None, 0
     if args.config:
         cfg = load_config(args.config).get("segments", {})
         if not isinstance(cfg, dict) or not isinstance(cfg.get("rules", {}), dict):
             raise ConfigError(f"config {args.config!r}: [segments] must be a table with a "
                               f"rules table (name = \"rule\")")
-        unknown = sorted(set(cfg) - {"rules", "min_audience"})
+        unknown = sorted(set(cfg) - {"rules", "min_audience", "clusters", "cluster_seed"})
         if unknown:
             raise ConfigError(f"config {args.config!r} [segments]: unknown key(s) {unknown}; "
-                              f"expected rules, min_audience")
+                              f"expected rules, min_audience, clusters, cluster_seed")
         rules.update({str(k): str(v) for k, v in cfg.get("rules", {}).items()})
         min_audience = cfg.get("min_audience", min_audience)
+        clusters = cfg.get("clusters", clusters)
+        seed = cfg.get("cluster_seed", seed)
     for r in args.rule or ():
         name, sep, expr = r.partition("=")
         if not sep or not name.strip() or not expr.strip():
@@ -177,14 +180,32 @@ def _segment(args: argparse.Namespace) -> int:
         rules[name.strip()] = expr.strip()
     if args.min_audience is not None:
         min_audience = args.min_audience
-    if not rules:
-        raise ConfigError("no segment rules: give --rule NAME=EXPRESSION or a config with "
-                          "[segments.rules]")
+    if args.clusters is not None:
+        clusters = args.clusters
+    if args.cluster_seed is not None:
+        seed = args.cluster_seed
+    if not rules and clusters is None:
+        raise ConfigError("no segment rules or clusters: give --rule NAME=EXPRESSION, "
+                          "--clusters K, or a config with [segments.rules] or clusters")
+    # checked before the (possibly long) feature read
+    model = None
+    if clusters is not None:
+        for what, v, low in (("clusters", clusters, 1), ("cluster_seed", seed, 0)):
+            if not (isinstance(v, int) and not isinstance(v, bool) and v >= low):
+                raise ConfigError(f"{what} (--{what.replace('_', '-')} or [segments] {what}) "
+                                  f"must be an integer >= {low}, got {v!r}")
+        model = InterestClusters(clusters, random_state=seed)
     fm = load_features(args.features)
-    p = Progress(quiet=args.quiet).start(f"evaluate {len(rules)} rule(s)")
-    segs = evaluate_rules(rules, fm)
+    segs = []
+    if rules:
+        p = Progress(quiet=args.quiet).start(f"evaluate {len(rules)} rule(s)")
+        segs += evaluate_rules(rules, fm)
+        p.done()
+    if model is not None:
+        p = Progress(quiet=args.quiet).start(f"fit {clusters} interest cluster(s)")
+        segs += model.fit(fm).segments()
+        p.done()
     book = SegmentBook.from_segments(fm.users, segs, min_audience=min_audience)
-    p.done()
     M = book.membership.tocoo()
     long = pd.DataFrame({"user_id": book.users[M.row],
                          "segment": np.asarray(book.names, dtype=object)[M.col]})
@@ -196,6 +217,9 @@ def _segment(args: argparse.Namespace) -> int:
     sizes = pd.DataFrame({"segment": list(book.names), "members": book.sizes.to_numpy(),
                           "activatable": book.activatable.to_numpy()})
     sizes["share"] = sizes["members"] / max(book.n_users, 1)
+    if model is not None:  # what each cluster is about
+        top = {f"interest:{j}": ", ".join(t) for j, t in enumerate(model.top_categories_)}
+        sizes["top categories"] = sizes["segment"].map(top).fillna("")
     _out(_text_table(sizes, {"share": "{:.2%}"}))
     _out(f"wrote {args.out}" + (f" and the book to {args.book}" if args.book else ""))
     return 0
@@ -422,15 +446,21 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--deny-categories", help="comma-separated categories to leave out")
     f.set_defaults(func=_features)
 
-    g = command("segment", "feature file + rules -> segment memberships",
-                "Evaluate rule segments over a feature file and write the memberships as a "
-                "long table (user_id, segment). Rules come from --rule and/or a config's "
-                "[segments.rules] table.")
+    g = command("segment", "feature file + rules or clusters -> segment memberships",
+                "Evaluate rule segments and/or fit interest clusters (spherical k-means over "
+                "users' category affinity, segments interest:0 .. interest:K-1) over a "
+                "feature file, and write the memberships as a long table (user_id, segment). "
+                "Rules come from --rule and/or a config's [segments.rules] table; clusters "
+                "from --clusters or the config's [segments] clusters.")
     g.add_argument("features", help="feature file written by `bta features`")
     g.add_argument("--rule", action="append", metavar="NAME=EXPR",
                    help='a rule, e.g. autos_fans="count:page_view:autos:7d >= 2" (repeatable)')
     g.add_argument("--config", metavar="FILE", help="TOML/JSON with [segments] rules, "
-                                                    "min_audience")
+                                                    "min_audience, clusters, cluster_seed")
+    g.add_argument("--clusters", type=int, metavar="K",
+                   help="also fit K interest clusters (segments interest:0 .. interest:K-1)")
+    g.add_argument("--cluster-seed", type=int, metavar="N",
+                   help="seed of the clusters' k-means++ starts (default 0)")
     g.add_argument("--min-audience", type=int, help="smallest activatable segment")
     g.add_argument("--out", "-o", required=True, metavar="FILE", help="memberships file")
     g.add_argument("--book", metavar="DIR", help="also save the SegmentBook to this folder")

@@ -188,6 +188,34 @@ def test_segment_rules_from_config(files, tmp_path, capsys):
         map(tuple, ref.to_numpy().tolist()))
 
 
+def test_segment_clusters_equal_interest_clusters(files, tmp_path, capsys):
+    from bta.segment import InterestClusters
+
+    fm = load_features(files / "fm.parquet")
+    ref = SegmentBook.from_segments(
+        fm.users, InterestClusters(3, random_state=7).fit(fm).segments(), min_audience=5)
+    code, out, _ = run(capsys, "segment", files / "fm.parquet", "--clusters", "3",
+                       "--cluster-seed", "7", "--min-audience", "5", "--out",
+                       tmp_path / "c.parquet", "-q")
+    assert code == 0 and "top categories" in out
+    got = pd.read_parquet(tmp_path / "c.parquet")
+    assert sorted(set(got["segment"])) == ["interest:0", "interest:1", "interest:2"]
+    for name in ref.names:
+        assert set(got.loc[got["segment"] == name, "user_id"].tolist()) == \
+            set(ref.members(name).tolist())
+    # the same from a config, with the rules alongside
+    cfg = tmp_path / "s.json"
+    cfg.write_text(json.dumps({"segments": {"rules": RULES, "clusters": 3, "cluster_seed": 7,
+                                            "min_audience": 5}}))
+    code, _, _ = run(capsys, "segment", files / "fm.parquet", "--config", cfg, "--out",
+                     tmp_path / "both.parquet", "-q")
+    both = pd.read_parquet(tmp_path / "both.parquet")
+    rules = pd.read_parquet(files / "seg.parquet")
+    assert code == 0
+    assert sorted(map(tuple, both.to_numpy().tolist())) == sorted(
+        map(tuple, pd.concat([rules, got]).to_numpy().tolist()))
+
+
 def _reference_decisions(engine, req: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for r in req.itertuples(index=False):
@@ -275,6 +303,10 @@ def _bad_files(d: Path) -> dict[str, Path]:
     (["segment", "{files}/fm.parquet", "--rule", "noequals", "--out", "{d}/s.parquet"],
      "NAME=EXPRESSION"),
     (["segment", "{files}/fm.parquet", "--out", "{d}/s.parquet"], "no segment rules"),
+    (["segment", "{files}/fm.parquet", "--clusters", "0", "--out", "{d}/s.parquet"],
+     "clusters (--clusters or [segments] clusters) must be an integer >= 1, got 0"),
+    (["segment", "{files}/fm.parquet", "--clusters", "2", "--cluster-seed", "-1", "--out",
+      "{d}/s.parquet"], "cluster_seed (--cluster-seed"),
     (["segment", "{files}/ev.parquet", "--rule", "a=x > 1", "--out", "{d}/s.parquet"],
      "lacks column(s) ['feature']"),
     (["replay", "{files}/req.parquet", "--config", "{d}/missing.toml", "--out",
