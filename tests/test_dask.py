@@ -171,9 +171,8 @@ def test_partition_by_user_routes_each_user_to_its_bucket(client):
      SchemaError, "log is missing column 'user_id' (the user column; name yours with "
      "columns={'user': ...})"),
     (lambda: bd.ab_report(dd.from_pandas(pd.DataFrame({"arm": ["a"], "user_id": [1]}),
-                                         npartitions=1), bootstrap=10), ConfigError,
-     "bootstrap is not available over partitions (the bootstrap resamples users of one "
-     "in-memory log)"),
+                                         npartitions=1), bootstrap=-1), ConfigError,
+     "bootstrap must be an integer >= 0, got -1"),
 ])
 def test_bad_input(call, exc, msg):
     with pytest.raises(exc) as info:
@@ -352,6 +351,25 @@ def test_ab_report_equal_single_machine(client, outcomes_kind):
         rep = bd.ab_report(ddf, outs, cuped="pre_spend", npartitions=5, control="control")
     num = ["control", "treatment", "abs_lift", "abs_ci_low", "rel_lift", "p_value",
            "p_adjusted"]
+    if outcomes_kind == "pandas":  # the bootstrap: the same resamples, however split
+        with pytest.warns(RuntimeWarning):
+            ref_boot = ab_report(log, out, control="control", cuped="pre_spend", bootstrap=60,
+                                 random_state=11)
+        with pytest.warns(RuntimeWarning):
+            boot = bd.ab_report(ddf, outs, cuped="pre_spend", npartitions=5, control="control",
+                                bootstrap=60, random_state=11)
+        cols = [c for c in ref_boot.lifts.columns if c.startswith("boot_")]
+        assert len(cols) == 4 and ref_boot.lifts[cols].notna().to_numpy().any()
+        np.testing.assert_allclose(boot.lifts[cols].to_numpy(float),
+                                   ref_boot.lifts[cols].to_numpy(float), rtol=1e-9,
+                                   equal_nan=True)
+        # and on one machine, the order of the log's rows does not matter either
+        with pytest.warns(RuntimeWarning):
+            shuffled = ab_report(log.sample(frac=1.0, random_state=1), out, control="control",
+                                 cuped="pre_spend", bootstrap=60, random_state=11)
+        np.testing.assert_allclose(shuffled.lifts[cols].to_numpy(float),
+                                   ref_boot.lifts[cols].to_numpy(float), rtol=1e-9,
+                                   equal_nan=True)
     np.testing.assert_allclose(rep.lifts[num].to_numpy(float), ref_rep.lifts[num].to_numpy(float),
                                rtol=1e-9, equal_nan=True)
     assert (rep.lifts["status"].to_numpy() == ref_rep.lifts["status"].to_numpy()).all()

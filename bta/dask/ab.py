@@ -14,6 +14,7 @@ from bta.dask.io import partition_by_user
 from bta.errors import ConfigError, SchemaError, check_param
 from bta.evaluate import ABReport, ArmStats, merge
 from bta.evaluate import ab_report as _ab_report
+from bta.evaluate._ab_tables import bootstrap_seeds, bootstrap_sums
 from bta.evaluate._ab_prepare import (
     _arm_stats,
     _first_ids,
@@ -70,13 +71,13 @@ def summarize(ddf: Any, outcomes: Any = None, *, columns: Mapping[str, Any] | No
     order.
     """
     parts, _ = _summaries(ddf, outcomes, columns, cost, cuped, exclude_multi_arm_users,
-                          partitioned, npartitions, client, daily=False)
+                          partitioned, npartitions, client, daily=False, seeds=None)
     return merge(*(p.stats for p in parts))
 
 
 def _summaries(ddf: Any, outcomes: Any, columns: Mapping[str, Any] | None, cost: Any,
                cuped: Any, exclude_multi_arm_users: bool, partitioned: bool,
-               npartitions: int | None, client: Any, daily: bool
+               npartitions: int | None, client: Any, daily: bool, seeds: np.ndarray | None
                ) -> tuple[list["_Part"], str | None]:
     """Each partition's summary (see :func:`summarize`), computed on the cluster, and the
     note on outcome rows that joined no request (None when all joined)."""
@@ -126,7 +127,7 @@ def _summaries(ddf: Any, outcomes: Any, columns: Mapping[str, Any] | None, cost:
     elif isinstance(cuped, pd.DataFrame):
         cuped_parts = [dask.delayed(cuped, pure=True)] * n
     task = dask.delayed(_partition_summary, pure=True)
-    parts = [task(p, o, c, dict(columns or {}), cost, exclude_multi_arm_users, daily)
+    parts = [task(p, o, c, dict(columns or {}), cost, exclude_multi_arm_users, daily, seeds)
              for p, o, c in zip(log.to_delayed(), out_parts, cuped_parts)]
     *results, n_out = compute(*parts, n_outcomes, client=client)
     k = int(n_out) - sum(r.n_joined for r in results)
@@ -160,8 +161,10 @@ class _Part(NamedTuple):
 
 
 def _partition_summary(df: pd.DataFrame, outcomes: _OutcomeSlice | None, cuped: Any,
-                       columns: dict, cost: Any, exclude: bool, daily: bool) -> _Part:
-    """Summaries of one partition, and how many outcome rows joined its requests."""
+                       columns: dict, cost: Any, exclude: bool, daily: bool,
+                       seeds: np.ndarray | None) -> _Part:
+    """Summaries of one partition, and how many outcome rows joined its requests; with
+    ``seeds``, its units' bootstrap sums too (the same weights as on one machine)."""
     if len(df) == 0:
         return _Part({}, 0, None)
     df = df.reset_index(drop=True)
@@ -174,8 +177,11 @@ def _partition_summary(df: pd.DataFrame, outcomes: _OutcomeSlice | None, cuped: 
         out = outcomes.take(df[rid])
     units = _prepare(df, out, columns or None, cost, cuped, exclude, daily=daily)
     stats = _arm_stats(units)
+    if seeds is not None:
+        units.boot_sums = bootstrap_sums(units, seeds)
     units.x = units.x[:0]  # the per-unit rows stay on the worker
     units.offsets = np.zeros_like(units.offsets)
+    units.key_parts = None
     return _Part(stats, 0 if out is None else len(out), units if daily else None)
 
 
@@ -204,6 +210,11 @@ def _merge_units(parts: Sequence[_Part], stats: dict[Any, ArmStats], exclude: bo
     with_days = [u for u in units if u.daily is not None]
     if with_days and len(with_days) == len(units):
         merged.daily = _merge_daily(with_days, arms, names)
+    if units[0].boot_sums is not None:  # per resample and arm: sums over the partitions
+        b = units[0].boot_sums
+        merged.boot_sums = np.zeros((b.shape[0], len(arms), b.shape[2]))
+        for u in units:
+            merged.boot_sums[:, [arms.index(a) for a in u.arms]] += u.boot_sums
     return merged
 
 
@@ -251,7 +262,8 @@ def ab_report(ddf: Any, outcomes: Any = None, *, columns: Mapping[str, Any] | No
         As in :func:`summarize`.
     **report_kw
         ``control``, ``alpha``, ``correction``, ``family``, ``expected_weights``,
-        ``srm_alpha``, ``sequential``, ``sequential_tuning`` of :func:`bta.evaluate.ab_report`.
+        ``srm_alpha``, ``sequential``, ``sequential_tuning``, ``bootstrap``, ``random_state``
+        of :func:`bta.evaluate.ab_report`.
 
     Returns
     -------
@@ -259,20 +271,21 @@ def ab_report(ddf: Any, outcomes: Any = None, *, columns: Mapping[str, Any] | No
         The report of the merged summaries: per-arm table, lifts, tests and SRM equal to the
         single-machine report (floats to rounding, see :func:`summarize`), and so are its
         per-day table (each day's moments and the cumulative ones, summed over partitions),
-        row counts and notes. It has no bootstrap: the resamples are drawn per unit of one
-        in-memory log.
+        row counts and notes, and with ``bootstrap=`` its percentile intervals: a unit's
+        weight in a resample depends on the seed and the unit only, so each partition sums
+        its own units' weighted values and the sums add up.
 
     Examples
     --------
     >>> log = dd.read_parquet("decisions/")                          # doctest: +SKIP
     >>> rep = ab_report(log, outcomes, control="control")           # doctest: +SKIP
     """
-    for bad in ("bootstrap", "random_state"):
-        if bad in report_kw:
-            raise ConfigError(f"{bad} is not available over partitions (the bootstrap "
-                              f"resamples users of one in-memory log)")
+    n_boot = report_kw.get("bootstrap", 0)
+    check_param("bootstrap", n_boot, isinstance(n_boot, (int, np.integer))
+                and not isinstance(n_boot, bool) and n_boot >= 0, "an integer >= 0")
+    seeds = bootstrap_seeds(n_boot, report_kw.pop("random_state", None)) if n_boot else None
     parts, note = _summaries(ddf, outcomes, columns, cost, cuped, exclude_multi_arm_users,
-                             partitioned, npartitions, client, daily=True)
+                             partitioned, npartitions, client, daily=True, seeds=seeds)
     stats = merge(*(p.stats for p in parts))
     summary = _Summary(stats, _merge_units(parts, stats, exclude_multi_arm_users))
     if note:

@@ -3,9 +3,11 @@
 Bootstrap:
 
 The weight of unit ``u`` in resample ``b`` is Poisson(1), drawn by inverting the CDF at a
-uniform number derived from ``(seeds[b], u)`` by the splitmix64 finalizer. The draw is a pure
-function of the seed and the unit, so the result does not depend on the number of threads or on
-how the work is split among them.
+uniform number derived from ``(seeds[b], keys[u])`` by the splitmix64 finalizer, where
+``keys[u]`` is a stable 64-bit hash of the unit (its user and arm; the unit's position when no
+keys are given). The draw is a pure function of the seed and the unit, so the result does not
+depend on the number of threads, on the order of the rows, or on how the users are split among
+partitions (:func:`bta.dask.ab_report` draws the same weights).
 """
 
 from __future__ import annotations
@@ -57,17 +59,17 @@ def _poisson1(v: float, cdf: np.ndarray) -> int:
 
 
 @batch_jit()
-def _weights(seeds: np.ndarray, n_units: int, cdf: np.ndarray) -> np.ndarray:
-    out = np.empty((seeds.shape[0], n_units), dtype=np.int64)
+def _weights(seeds: np.ndarray, keys: np.ndarray, cdf: np.ndarray) -> np.ndarray:
+    out = np.empty((seeds.shape[0], keys.shape[0]), dtype=np.int64)
     for b in range(seeds.shape[0]):
-        for u in range(n_units):
-            out[b, u] = _poisson1(_uniform(seeds[b], np.uint64(u)), cdf)
+        for u in range(keys.shape[0]):
+            out[b, u] = _poisson1(_uniform(seeds[b], keys[u]), cdf)
     return out
 
 
 @batch_jit(parallel=True)
-def _bootstrap_sums(x: np.ndarray, group: np.ndarray, n_groups: int, seeds: np.ndarray,
-                    cdf: np.ndarray, n_chunks: int) -> np.ndarray:
+def _bootstrap_sums(x: np.ndarray, keys: np.ndarray, group: np.ndarray, n_groups: int,
+                    seeds: np.ndarray, cdf: np.ndarray, n_chunks: int) -> np.ndarray:
     n_res = seeds.shape[0]
     n_units, k = x.shape
     out = np.zeros((n_res, n_groups, k))
@@ -80,20 +82,27 @@ def _bootstrap_sums(x: np.ndarray, group: np.ndarray, n_groups: int, seeds: np.n
                 seed = seeds[b]
                 for u in range(u0, u1):
                     # no branch on w == 0 (37% of draws): adding 0 is cheaper than a mispredict
-                    w = float(_poisson1(_uniform(seed, np.uint64(u)), cdf))
+                    w = float(_poisson1(_uniform(seed, keys[u]), cdf))
                     g = group[u]
                     for j in range(k):
                         out[b, g, j] += w * x[u, j]
     return out
 
 
-def poisson_weights(seeds: np.ndarray, n_units: int) -> np.ndarray:
-    """Bootstrap weights of shape (n_resamples, n_units), int64 (for tests and small data)."""
-    return _weights(np.ascontiguousarray(seeds, dtype=np.uint64), int(n_units), _CDF)
+def _keys(units: int | np.ndarray) -> np.ndarray:
+    if isinstance(units, (int, np.integer)):
+        return np.arange(int(units), dtype=np.uint64)  # the unit's position
+    return np.ascontiguousarray(units, dtype=np.uint64)
+
+
+def poisson_weights(seeds: np.ndarray, units: int | np.ndarray) -> np.ndarray:
+    """Bootstrap weights of shape (n_resamples, n_units), int64 (for tests and small data);
+    ``units`` is the units' keys, or their number (keys 0 .. n_units - 1)."""
+    return _weights(np.ascontiguousarray(seeds, dtype=np.uint64), _keys(units), _CDF)
 
 
 def poisson_bootstrap_sums(x: np.ndarray, group: np.ndarray, n_groups: int,
-                           seeds: np.ndarray) -> np.ndarray:
+                           seeds: np.ndarray, keys: np.ndarray | None = None) -> np.ndarray:
     """Per resample and group, the Poisson-weighted sums of the rows of ``x``.
 
     Parameters
@@ -103,6 +112,8 @@ def poisson_bootstrap_sums(x: np.ndarray, group: np.ndarray, n_groups: int,
         Group (arm) of each unit, in ``0 .. n_groups - 1``.
     n_groups : int
     seeds : ndarray of uint64, shape (n_resamples,)
+    keys : ndarray of uint64, shape (n_units,), optional
+        Stable key of each unit (default: its position), which with the seed draws its weight.
 
     Returns
     -------
@@ -111,7 +122,8 @@ def poisson_bootstrap_sums(x: np.ndarray, group: np.ndarray, n_groups: int,
     """
     seeds = np.ascontiguousarray(seeds, dtype=np.uint64)
     n_chunks = max(1, min(seeds.shape[0], 4 * numba.get_num_threads()))
-    return _bootstrap_sums(np.ascontiguousarray(x, dtype=np.float64),
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    return _bootstrap_sums(x, _keys(x.shape[0] if keys is None else keys),
                            np.ascontiguousarray(group, dtype=np.int64), int(n_groups), seeds,
                            _CDF, n_chunks)
 

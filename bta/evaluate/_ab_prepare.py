@@ -45,6 +45,24 @@ class _Units:
     no_user_rows: int = 0  # rows without a user id (excluded)
     multi_rows: int = 0  # rows of users in several arms, when excluded
     multi_sample: tuple = ()  # up to 5 of those users' ids, for the note
+    # (user labels, each unit's user, each unit's arm): what unit_keys() hashes
+    key_parts: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    boot_sums: np.ndarray | None = None  # (B, arms, 1 + K), given instead of the rows x
+
+    def unit_keys(self) -> np.ndarray:
+        """A stable 64-bit key of each unit, from its user's and arm's labels (the bootstrap
+        draws a unit's weights from it): the same in every process and however the log's
+        rows are ordered or its users split."""
+        labels, unit_user, unit_arm = self.key_parts
+        user_h = _label_hash(labels)
+        arm_h = _label_hash(np.asarray(self.arms, dtype=object))
+        return user_h[unit_user] ^ (arm_h[unit_arm] * np.uint64(0x9E3779B97F4A7C15))
+
+
+def _label_hash(labels: np.ndarray) -> np.ndarray:
+    """pandas' SipHash of each label (fixed key): integers hashed as int64, text as text."""
+    s = pd.Series(np.asarray(labels, dtype=object)).infer_objects()
+    return pd.util.hash_pandas_object(s, index=False).to_numpy(dtype=np.uint64)
 
 
 @dataclass
@@ -254,7 +272,7 @@ def _prepare(log: Any, outcomes: Any, columns: Mapping[str, Any] | None, cost: A
     offsets = np.searchsorted(unit_arm, np.arange(n_arms + 1))
     units = _Units(arms, names, np.ascontiguousarray(x), offsets, n_multi, notes, n_rows,
                    int(arm_code.size), no_user_rows=n_no_user, multi_rows=multi_rows,
-                   multi_sample=sample)
+                   multi_sample=sample, key_parts=(user_labels, unit_user, unit_arm))
     if use_ts:
         ms = _times_ms(data[ts_name], ts_name)
         if keep is not None:

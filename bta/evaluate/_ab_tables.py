@@ -178,22 +178,34 @@ def _srm_frame(users: dict[Any, int], expected_weights: Mapping[Any, float] | No
     })
 
 
-def _bootstrap(lifts: pd.DataFrame, results: dict[str, dict[str, np.ndarray]], units: _Units,
-               arms: list[Any], covariates: tuple[str, ...], n_boot: int,
-               random_state: Any) -> None:
+def bootstrap_seeds(n_boot: int, random_state: Any) -> np.ndarray:
+    """The resamples' seeds (uint64), drawn from ``random_state``."""
+    rng = np.random.default_rng(random_state)
+    return rng.integers(0, np.iinfo(np.uint64).max, size=n_boot, dtype=np.uint64,
+                        endpoint=True)
+
+
+def bootstrap_sums(units: _Units, seeds: np.ndarray) -> np.ndarray:
+    """Per resample and arm of ``units.arms``, the weighted sums of [1, x] over its units:
+    shape (B, arms, 1 + K)."""
     from bta.evaluate._ab_kernels import poisson_bootstrap_sums
 
-    rng = np.random.default_rng(random_state)
-    seeds = rng.integers(0, np.iinfo(np.uint64).max, size=n_boot, dtype=np.uint64,
-                         endpoint=True)
     group = np.repeat(np.arange(len(units.arms)), np.diff(units.offsets))
     x = np.concatenate([np.ones((units.x.shape[0], 1)), units.x], axis=1)
-    sums = poisson_bootstrap_sums(x, group, len(units.arms), seeds)  # (B, arms, 1 + K)
+    return poisson_bootstrap_sums(x, group, len(units.arms), seeds, units.unit_keys())
+
+
+def _bootstrap(lifts: pd.DataFrame, results: dict[str, dict[str, np.ndarray]], units: _Units,
+               stats: Mapping[Any, Any], arms: list[Any], covariates: tuple[str, ...],
+               n_boot: int, random_state: Any) -> None:
+    sums = units.boot_sums
+    if sums is None:
+        sums = bootstrap_sums(units, bootstrap_seeds(n_boot, random_state))
     pos = [units.arms.index(a) if a in units.arms else -1 for a in arms]
     # arms without units (planned, no traffic) have all-zero sums
     s = np.stack([sums[:, p] if p >= 0 else np.zeros_like(sums[:, 0]) for p in pos], axis=1)
-    full = np.stack([x[units.offsets[p]:units.offsets[p + 1]].sum(axis=0) if p >= 0 else
-                     np.zeros(x.shape[1]) for p in pos])
+    # the full sample's [n, sums] per arm
+    full = np.array([[float(stats[a].n), *map(float, stats[a].sums)] for a in arms])
     cols = [units.names.index(c) + 1 for c in covariates]
     n_t = len(arms) - 1
     for i, m in enumerate(METRICS):

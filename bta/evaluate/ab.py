@@ -147,6 +147,9 @@ def ab_report(log: Any, outcomes: Any = None, *, columns: Mapping[str, Any] | No
         default, 5000).
     bootstrap : int
         Number of user-level Poisson bootstrap resamples (0: none); adds percentile intervals.
+        A unit's weight in a resample is drawn from the resample's seed and a hash of the
+        unit's user and arm, so the intervals do not depend on the order of the log's rows
+        (nor, in :func:`bta.dask.ab_report`, on the partitioning).
     random_state : None, int or numpy Generator
         Seed of the bootstrap.
 
@@ -201,8 +204,9 @@ def ab_report(log: Any, outcomes: Any = None, *, columns: Mapping[str, Any] | No
     else:
         if isinstance(log, _Summary):  # merged partition summaries (bta.dask.ab_report)
             units, stats = log.units, dict(log.stats)
-            check_param("bootstrap", bootstrap, bootstrap == 0,
-                        "0 with summary statistics (it resamples users of a log)")
+            have = 0 if units.boot_sums is None else units.boot_sums.shape[0]
+            check_param("bootstrap", bootstrap, bootstrap == have,
+                        f"{have}: the resamples summed in the partitions")
         else:
             units = _prepare(log, outcomes, columns, cost, cuped, exclude_multi_arm_users,
                              daily=True)
@@ -241,7 +245,7 @@ def _report(stats: dict[Any, ArmStats], units: _Units | None, notes: list[str], 
     moments = Moments.stack([stats[a] for a in arms])
     lifts, results = _lifts(moments, arms, st, covariates, rho)
     if bootstrap and units is not None and len(arms) > 1:
-        _bootstrap(lifts, results, units, arms, covariates, bootstrap, random_state)
+        _bootstrap(lifts, results, units, stats, arms, covariates, bootstrap, random_state)
     daily = _daily_frame(units, arms, st, covariates, rho)
     return ABReport(
         arms=_arms_frame(moments, arms, alpha), lifts=lifts, srm=srm, daily=daily,
