@@ -377,6 +377,45 @@ def test_poisson_weights_distribution():
     assert w.mean() == pytest.approx(1.0, abs=0.01) and w.var() == pytest.approx(1.0, abs=0.02)
 
 
+def _naive_text_hash(v: str) -> int:
+    mask = 2**64 - 1
+    h = 0xCBF29CE484222325
+    data = v.encode("utf-8")
+    for b in data:
+        h = ((h ^ b) * 0x100000001B3) & mask
+    z = h ^ len(data)
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+    return (z ^ (z >> 31)) ^ 0x5851F42D4C957F2D
+
+
+_LABELS = st.one_of(st.integers(-(2**70), 2**70), st.text(max_size=12), st.booleans(),
+                    st.floats(allow_nan=False),
+                    st.text(st.characters(blacklist_categories=()), max_size=4))  # surrogates
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(_LABELS, min_size=1, max_size=30))
+def test_unit_label_hash_is_per_label(labels):
+    """A label's hash depends on the label alone (not on the rest of its column), so a user's
+    bootstrap weights are the same in a log and in any partition of it; text is FNV-1a over
+    UTF-8 then splitmix64, as a naive implementation computes it."""
+    from bta.evaluate._ab_prepare import _label_hash
+
+    arr = np.empty(len(labels), dtype=object)
+    arr[:] = labels
+    got = _label_hash(arr).tolist()
+    alone = [_label_hash(np.array([v], dtype=object))[0] for v in labels]
+    assert got == alone
+    for v, h in zip(labels, got):
+        if isinstance(v, str) and not any(0xD800 <= ord(c) <= 0xDFFF for c in v):
+            assert h == _naive_text_hash(v)  # (a lone surrogate has no UTF-8 bytes)
+    same = {}
+    for v, h in zip(labels, got):  # equal labels, equal hashes; 1, True and "1" apart
+        same.setdefault((type(v) is bool, type(v) is str, v), set()).add(h)
+    assert all(len(hs) == 1 for hs in same.values())
+
+
 # ---- power -------------------------------------------------------------------------------------
 
 from statsmodels.stats.power import NormalIndPower, TTestIndPower  # noqa: E402

@@ -19,7 +19,8 @@ import numpy as np
 
 from bta._jit import batch_jit
 
-__all__ = ["poisson_bootstrap_sums", "poisson_weights", "daily_moments", "warmup"]
+__all__ = ["poisson_bootstrap_sums", "poisson_weights", "daily_moments", "hash_ints",
+           "hash_strings", "warmup"]
 
 #: ``daily_moments`` column kinds: a base sum, a 0/1 indicator of a base sum, a covariate.
 BASE, INDICATOR, COVARIATE = 0, 1, 2
@@ -44,6 +45,37 @@ def _uniform(seed: np.uint64, u: np.uint64) -> float:
     z = (z ^ (z >> _S27)) * _M2
     z = z ^ (z >> _S31)
     return float(z >> _S11) * _TWO_M53
+
+
+@batch_jit()
+def _mix64(z: np.uint64) -> np.uint64:
+    # the splitmix64 finalizer: every input bit moves every output bit
+    z = (z ^ (z >> _S30)) * _M1
+    z = (z ^ (z >> _S27)) * _M2
+    return z ^ (z >> _S31)
+
+
+@batch_jit()
+def hash_ints(values: np.ndarray) -> np.ndarray:
+    """A 64-bit hash of each int64 value (the bootstrap's unit keys)."""
+    out = np.empty(values.shape[0], dtype=np.uint64)
+    for i in range(values.shape[0]):
+        out[i] = _mix64(np.uint64(values[i]) + _GOLDEN)
+    return out
+
+
+@batch_jit()
+def hash_strings(offsets: np.ndarray, data: np.ndarray) -> np.ndarray:
+    """A 64-bit hash of each string of an Arrow string array's buffers (UTF-8 bytes
+    ``data[offsets[i]:offsets[i + 1]]``): FNV-1a, then the splitmix64 finalizer."""
+    n = offsets.shape[0] - 1
+    out = np.empty(n, dtype=np.uint64)
+    for i in range(n):
+        h = np.uint64(0xCBF29CE484222325)
+        for j in range(offsets[i], offsets[i + 1]):
+            h = (h ^ np.uint64(data[j])) * np.uint64(0x100000001B3)
+        out[i] = _mix64(h ^ np.uint64(offsets[i + 1] - offsets[i]))
+    return out
 
 
 @batch_jit()
@@ -207,5 +239,7 @@ def warmup() -> None:
     seeds = np.array([1, 2], dtype=np.uint64)
     poisson_bootstrap_sums(np.ones((3, 2)), np.zeros(3, dtype=np.int64), 1, seeds)
     poisson_weights(seeds, 3)
+    hash_ints(np.zeros(1, dtype=np.int64))
+    hash_strings(np.zeros(2, dtype=np.int64), np.zeros(0, dtype=np.uint8))
     one = np.zeros(1, dtype=np.int64)
     daily_moments(np.ones((1, 1)), one, one, one, one, np.zeros((1, 1)), 1)

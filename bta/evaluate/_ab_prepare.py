@@ -60,9 +60,63 @@ class _Units:
 
 
 def _label_hash(labels: np.ndarray) -> np.ndarray:
-    """pandas' SipHash of each label (fixed key): integers hashed as int64, text as text."""
-    s = pd.Series(np.asarray(labels, dtype=object)).infer_objects()
-    return pd.util.hash_pandas_object(s, index=False).to_numpy(dtype=np.uint64)
+    """A stable 64-bit hash of each label (the same in every process, and whatever else is in
+    the column): integers by value, text by its UTF-8 bytes (compiled, over the Arrow
+    buffers), anything else by pandas' SipHash of its type and text; 1 and "1" differ."""
+    labels = np.asarray(labels, dtype=object)
+    kind = pd.api.types.infer_dtype(labels, skipna=False)
+    if kind == "string":
+        try:
+            return _hash_text(labels)
+        except UnicodeEncodeError:  # a lone surrogate: each label by its own kind, below
+            pass
+    if kind == "integer":
+        ints = _as_int64(labels)
+        if ints is not None:
+            return _k.hash_ints(ints)
+    # a mixed column: each label by its own kind, as in a column of that kind alone
+    out = np.empty(labels.size, dtype=np.uint64)
+    is_str = np.fromiter((isinstance(v, str) and _utf8(v) for v in labels), bool, labels.size)
+    is_int = np.fromiter((isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+                          and _INT64_MIN <= v <= _INT64_MAX for v in labels), bool, labels.size)
+    if is_str.any():
+        out[is_str] = _hash_text(labels[is_str])
+    if is_int.any():
+        out[is_int] = _k.hash_ints(_as_int64(labels[is_int]))
+    rest = ~(is_str | is_int)  # beyond int64 too: hashed as text, like any other label
+    if rest.any():
+        text = pd.Series([f"{type(v).__name__}:{v!r}" for v in labels[rest]], dtype=object)
+        out[rest] = pd.util.hash_pandas_object(text, index=False).to_numpy(dtype=np.uint64) \
+            ^ np.uint64(0x2545F4914F6CDD1D)
+    return out
+
+
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
+def _utf8(v: str) -> bool:
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _as_int64(labels: np.ndarray) -> np.ndarray | None:
+    try:
+        return np.asarray(labels.tolist(), dtype=np.int64)
+    except OverflowError:  # beyond int64: each label by its own kind
+        return None
+
+
+def _hash_text(labels: np.ndarray) -> np.ndarray:
+    import pyarrow as pa
+
+    arr = pa.array(labels.tolist(), type=pa.large_string())
+    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset:arr.offset + len(arr) + 1]
+    data = arr.buffers()[2]
+    raw = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8)
+    return _k.hash_strings(offsets, raw) ^ np.uint64(0x5851F42D4C957F2D)
 
 
 @dataclass
