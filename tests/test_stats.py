@@ -411,9 +411,20 @@ def test_unit_label_hash_is_per_label(labels):
         if isinstance(v, str) and not any(0xD800 <= ord(c) <= 0xDFFF for c in v):
             assert h == _naive_text_hash(v)  # (a lone surrogate has no UTF-8 bytes)
     same = {}
-    for v, h in zip(labels, got):  # equal labels, equal hashes; 1, True and "1" apart
-        same.setdefault((type(v) is bool, type(v) is str, v), set()).add(h)
+    for v, h in zip(labels, got):  # equal labels of one type, equal hashes
+        same.setdefault((type(v), v), set()).add(h)
     assert all(len(hs) == 1 for hs in same.values())
+
+
+def test_unit_label_hash_keeps_kinds_apart():
+    from bta.evaluate._ab_prepare import _label_hash
+
+    labels = np.array([1, "1", True, 1.0, 2**70, str(2**70), "", np.int32(1), np.str_("1")],
+                      dtype=object)
+    h = _label_hash(labels).tolist()
+    assert len(set(h[:7])) == 7  # int, text, bool, float, big int, its text, empty text
+    assert h[7] == h[0] and h[8] == h[1]  # NumPy scalars hash as their Python kind
+    assert _label_hash(np.array([], dtype=object)).shape == (0,)
 
 
 # ---- power -------------------------------------------------------------------------------------
