@@ -37,7 +37,7 @@ from typing import Any, Callable, Iterator
 
 import numba
 
-__all__ = ["FASTMATH", "serving_jit", "batch_jit", "exact_jit", "num_threads"]
+__all__ = ["FASTMATH", "serving_jit", "batch_jit", "exact_jit", "serial_copy", "num_threads"]
 
 logger = logging.getLogger("bta")
 
@@ -177,6 +177,27 @@ def batch_jit(parallel: bool = False, fastmath: bool = False) -> Callable:
     if fastmath:
         opts["fastmath"] = set(FASTMATH)
     return _jit(opts)
+
+
+def serial_copy(kernel: Any, name: str) -> Callable:
+    """``kernel`` (a ``batch_jit(parallel=True)`` kernel) compiled again without threads, under
+    another name: for small inputs, or for callers that are threads of a pool already (a Dask
+    worker), where numba's thread pool would be entered concurrently.
+
+    The copy has its own name because numba's on-disk cache is keyed by the function's
+    qualified name and source line, not by compile flags: compiling the same function twice
+    (threaded and serial) would let one variant load the other's cached machine code.
+    """
+    import types
+
+    func = kernel.py_func
+    code = (func.__code__.replace(co_name=name, co_qualname=name)
+            if hasattr(func.__code__, "co_qualname") else func.__code__.replace(co_name=name))
+    copy = types.FunctionType(code, func.__globals__, name, func.__defaults__,
+                              func.__closure__)
+    copy.__qualname__ = name
+    copy.__doc__ = func.__doc__
+    return batch_jit(parallel=False)(copy)
 
 
 @contextlib.contextmanager

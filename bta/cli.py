@@ -159,7 +159,7 @@ def _segment(args: argparse.Namespace) -> int:
 
     rules: dict[str, str] = {}
     min_audience = DEFAULT_MIN_AUDIENCE
-    clusters, seed = None, 0
+    clusters, seed = None, None
     if args.config:
         cfg = load_config(args.config).get("segments", {})
         if not isinstance(cfg, dict) or not isinstance(cfg.get("rules", {}), dict):
@@ -188,13 +188,20 @@ def _segment(args: argparse.Namespace) -> int:
         raise ConfigError("no segment rules or clusters: give --rule NAME=EXPRESSION, "
                           "--clusters K, or a config with [segments.rules] or clusters")
     # checked before the (possibly long) feature read
+    for what, v, low in (("clusters", clusters, 1), ("cluster_seed", seed, 0)):
+        if v is not None and not (isinstance(v, int) and not isinstance(v, bool) and v >= low):
+            raise ConfigError(f"{what} (--{what.replace('_', '-')} or [segments] {what}) "
+                              f"must be an integer >= {low}, got {v!r}")
+    if seed is not None and clusters is None:
+        raise ConfigError("cluster_seed (--cluster-seed or [segments] cluster_seed) is given "
+                          "without clusters")
     model = None
     if clusters is not None:
-        for what, v, low in (("clusters", clusters, 1), ("cluster_seed", seed, 0)):
-            if not (isinstance(v, int) and not isinstance(v, bool) and v >= low):
-                raise ConfigError(f"{what} (--{what.replace('_', '-')} or [segments] {what}) "
-                                  f"must be an integer >= {low}, got {v!r}")
-        model = InterestClusters(clusters, random_state=seed)
+        clash = sorted(n for n in rules if n.startswith("interest:"))
+        if clash:
+            raise ConfigError(f"rule name {clash[0]!r} is taken by the clusters' segments "
+                              f"(interest:0 .. interest:{clusters - 1}); rename the rule")
+        model = InterestClusters(clusters, random_state=0 if seed is None else seed)
     fm = load_features(args.features)
     segs = []
     if rules:
@@ -203,7 +210,10 @@ def _segment(args: argparse.Namespace) -> int:
         p.done()
     if model is not None:
         p = Progress(quiet=args.quiet).start(f"fit {clusters} interest cluster(s)")
-        segs += model.fit(fm).segments()
+        try:
+            segs += model.fit(fm).segments()
+        except ConfigError as exc:  # e.g. more clusters than users with interests
+            raise ConfigError(f"--clusters {clusters}: {exc}") from None
         p.done()
     book = SegmentBook.from_segments(fm.users, segs, min_audience=min_audience)
     M = book.membership.tocoo()

@@ -22,6 +22,7 @@ distributed = pytest.importorskip("distributed")
 import dask.dataframe as dd  # noqa: E402
 
 import bta.dask as bd  # noqa: E402
+from bta.dask.io import BUCKET  # noqa: E402
 from bta.errors import ConfigError, SchemaError, UnknownNameError  # noqa: E402
 from bta.evaluate import ab_report, summarize  # noqa: E402
 from bta.events import EventLog  # noqa: E402
@@ -172,7 +173,7 @@ def test_partition_by_user_routes_each_user_to_its_bucket(client):
      "columns={'user': ...})"),
     (lambda: bd.ab_report(dd.from_pandas(pd.DataFrame({"arm": ["a"], "user_id": [1]}),
                                          npartitions=1), bootstrap=-1), ConfigError,
-     "bootstrap must be an integer >= 0, got -1"),
+     "bootstrap must be 0 or a positive number of resamples, got -1"),
 ])
 def test_bad_input(call, exc, msg):
     with pytest.raises(exc) as info:
@@ -395,6 +396,55 @@ def assert_same_report_extras(rep, ref):
     assert (rep.rows, rep.rows_used, rep.multi_arm_users) == \
         (ref.rows, ref.rows_used, ref.multi_arm_users)
     assert sorted(map(_note, rep.notes)) == sorted(map(_note, ref.notes))
+
+
+def test_ab_report_with_null_users_and_unmeasured_outcomes(client):
+    """Rows without a user id (the Engine logs them) all land in one partition, which then
+    has rows but no units; a log without conversions or revenue has no intervals for the
+    metrics built on them. Both reports still equal the single-machine ones."""
+    log, _ = decision_log(5, n_users=40)
+    log["clicks"] = (np.arange(len(log)) % 7 == 0).astype(int)
+    log.loc[log.index[::9], "user_id"] = None
+    ddf = dd.from_pandas(log, npartitions=3)
+    kw = dict(control="control", bootstrap=40, random_state=3)
+    ref = ab_report(log, **kw)
+    n = 64  # more partitions than users: the null ids' partition holds no user
+    part = bd.partition_by_user(ddf, n).compute()
+    ids = part.reset_index().groupby(BUCKET)["user_id"]
+    assert (ids.count() == 0).any(), "the test needs a partition of null ids alone"
+    rep = bd.ab_report(ddf, npartitions=n, **kw)
+    assert any("rows without a user id were excluded" in n for n in ref.notes)
+    assert_same_report_extras(rep, ref)
+    cols = [c for c in ref.lifts.columns if c.startswith("boot_")]
+    lifts = ref.lifts.set_index("metric")
+    assert lifts.loc[["ctr"], cols].notna().to_numpy().all()
+    assert lifts.loc[["cvr"], cols].isna().to_numpy().all()
+    np.testing.assert_allclose(rep.lifts[cols].to_numpy(float), ref.lifts[cols].to_numpy(float),
+                               rtol=1e-9, equal_nan=True)
+
+
+_THREADED_BOOTSTRAP = """
+import dask, numpy as np, dask.dataframe as dd
+import bta.dask as bd
+from test_dask import decision_log
+log, out = decision_log(6, n_users=300)
+with dask.config.set(scheduler="threads", num_workers=2):
+    rep = bd.ab_report(dd.from_pandas(log, npartitions=4), out, control="control",
+                       bootstrap=200, random_state=0)
+print(int(rep.lifts["boot_abs_ci_low"].notna().sum()))
+"""
+
+
+def test_bootstrap_in_threaded_partitions_never_enters_numba_pool_concurrently():
+    """Partition tasks run in a thread pool: each sums its bootstrap with the serial kernel.
+    Numba's workqueue threading layer aborts the process if a threaded kernel is entered
+    from two threads at once."""
+    env = {**os.environ, "NUMBA_THREADING_LAYER": "workqueue",
+           "PYTHONPATH": os.pathsep.join([os.path.dirname(__file__), *sys.path])}
+    out = subprocess.run([sys.executable, "-c", _THREADED_BOOTSTRAP], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert int(out.stdout.split()[-1]) > 0
 
 
 def test_ab_report_cuped_table_and_empty_partitions(client):

@@ -425,6 +425,11 @@ def test_unit_label_hash_keeps_kinds_apart():
     assert len(set(h[:7])) == 7  # int, text, bool, float, big int, its text, empty text
     assert h[7] == h[0] and h[8] == h[1]  # NumPy scalars hash as their Python kind
     assert _label_hash(np.array([], dtype=object)).shape == (0,)
+    mixed = _label_hash(np.array([np.float64(1.5), np.True_, -0.0, "x"], dtype=object))
+    alone = [_label_hash(np.array([v], dtype=object))[0] for v in (1.5, True, 0.0)]
+    assert mixed[:3].tolist() == alone  # -0.0 is 0.0, as pandas factorizes them
+    floats = _label_hash(np.array([1.5, -0.0, 0.0, np.inf], dtype=object))
+    assert floats[0] == alone[0] and floats[1] == floats[2] != floats[3]
 
 
 # ---- power -------------------------------------------------------------------------------------

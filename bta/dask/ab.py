@@ -135,10 +135,10 @@ def _summaries(ddf: Any, outcomes: Any, columns: Mapping[str, Any] | None, cost:
     if outcomes is not None and k:
         note = f"{k} outcome rows match no decision in the log by {rid!r} and were dropped"
         warnings.warn(note, RuntimeWarning, stacklevel=3)
-    results = [r for r in results if r.stats]
-    if not results:
+    if not any(r.stats for r in results):
         raise SchemaError("the log has no rows with a user and an arm: nothing to summarize")
-    return results, note
+    # partitions with rows count in the report's row counts and notes, even without units
+    return [r for r in results if r.stats or r.units is not None], note
 
 
 class _OutcomeSlice:
@@ -178,7 +178,7 @@ def _partition_summary(df: pd.DataFrame, outcomes: _OutcomeSlice | None, cuped: 
     units = _prepare(df, out, columns or None, cost, cuped, exclude, daily=daily)
     stats = _arm_stats(units)
     if seeds is not None:
-        units.boot_sums = bootstrap_sums(units, seeds)
+        units.boot_sums = bootstrap_sums(units, seeds, threads=False)  # a Dask task already
     units.x = units.x[:0]  # the per-unit rows stay on the worker
     units.offsets = np.zeros_like(units.offsets)
     units.key_parts = None
@@ -233,6 +233,8 @@ def _merge_daily(units: Sequence[_Units], arms: list[Any], names: tuple[str, ...
     day_m, cum_m = zeros(), zeros()
     for u in units:
         p_days, p_day, p_cum = u.daily
+        if not p_days.size:  # a partition without usable rows
+            continue
         rows = np.array([arms.index(a) for a in u.arms], dtype=np.int64)[:, None]
         cols = np.searchsorted(days, p_days)[None, :]
         # the partition's last day on or before each day of the merged table (-1: none yet)
@@ -282,7 +284,8 @@ def ab_report(ddf: Any, outcomes: Any = None, *, columns: Mapping[str, Any] | No
     """
     n_boot = report_kw.get("bootstrap", 0)
     check_param("bootstrap", n_boot, isinstance(n_boot, (int, np.integer))
-                and not isinstance(n_boot, bool) and n_boot >= 0, "an integer >= 0")
+                and not isinstance(n_boot, bool) and n_boot >= 0,
+                "0 or a positive number of resamples")
     seeds = bootstrap_seeds(n_boot, report_kw.pop("random_state", None)) if n_boot else None
     parts, note = _summaries(ddf, outcomes, columns, cost, cuped, exclude_multi_arm_users,
                              partitioned, npartitions, client, daily=True, seeds=seeds)

@@ -17,7 +17,7 @@ import math
 import numba
 import numpy as np
 
-from bta._jit import batch_jit
+from bta._jit import batch_jit, serial_copy
 
 __all__ = ["poisson_bootstrap_sums", "poisson_weights", "daily_moments", "hash_ints",
            "hash_strings", "warmup"]
@@ -121,6 +121,11 @@ def _bootstrap_sums(x: np.ndarray, keys: np.ndarray, group: np.ndarray, n_groups
     return out
 
 
+#: The same kernel without threads, for callers that are threads of a pool already (a Dask
+#: worker's partition task).
+_bootstrap_sums_serial = serial_copy(_bootstrap_sums, "_bootstrap_sums_serial")
+
+
 def _keys(units: int | np.ndarray) -> np.ndarray:
     if isinstance(units, (int, np.integer)):
         return np.arange(int(units), dtype=np.uint64)  # the unit's position
@@ -134,7 +139,8 @@ def poisson_weights(seeds: np.ndarray, units: int | np.ndarray) -> np.ndarray:
 
 
 def poisson_bootstrap_sums(x: np.ndarray, group: np.ndarray, n_groups: int,
-                           seeds: np.ndarray, keys: np.ndarray | None = None) -> np.ndarray:
+                           seeds: np.ndarray, keys: np.ndarray | None = None,
+                           threads: bool = True) -> np.ndarray:
     """Per resample and group, the Poisson-weighted sums of the rows of ``x``.
 
     Parameters
@@ -146,6 +152,9 @@ def poisson_bootstrap_sums(x: np.ndarray, group: np.ndarray, n_groups: int,
     seeds : ndarray of uint64, shape (n_resamples,)
     keys : ndarray of uint64, shape (n_units,), optional
         Stable key of each unit (default: its position), which with the seed draws its weight.
+    threads : bool, default True
+        False: the serial kernel (a caller that is itself a thread of a pool). The results
+        are identical.
 
     Returns
     -------
@@ -155,7 +164,8 @@ def poisson_bootstrap_sums(x: np.ndarray, group: np.ndarray, n_groups: int,
     seeds = np.ascontiguousarray(seeds, dtype=np.uint64)
     n_chunks = max(1, min(seeds.shape[0], 4 * numba.get_num_threads()))
     x = np.ascontiguousarray(x, dtype=np.float64)
-    return _bootstrap_sums(x, _keys(x.shape[0] if keys is None else keys),
+    kernel = _bootstrap_sums if threads else _bootstrap_sums_serial
+    return kernel(x, _keys(x.shape[0] if keys is None else keys),
                            np.ascontiguousarray(group, dtype=np.int64), int(n_groups), seeds,
                            _CDF, n_chunks)
 

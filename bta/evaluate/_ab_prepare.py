@@ -74,7 +74,11 @@ def _label_hash(labels: np.ndarray) -> np.ndarray:
         ints = _as_int64(labels)
         if ints is not None:
             return _k.hash_ints(ints)
+    if kind == "floating":
+        return _hash_floats(labels)
     # a mixed column: each label by its own kind, as in a column of that kind alone
+    labels = np.array([v.item() if isinstance(v, np.generic) else v for v in labels]
+                      + [None], dtype=object)[:-1]  # NumPy scalars as their Python kind
     out = np.empty(labels.size, dtype=np.uint64)
     is_str = np.fromiter((isinstance(v, str) and _utf8(v) for v in labels), bool, labels.size)
     is_int = np.fromiter((isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
@@ -83,7 +87,10 @@ def _label_hash(labels: np.ndarray) -> np.ndarray:
         out[is_str] = _hash_text(labels[is_str])
     if is_int.any():
         out[is_int] = _k.hash_ints(_as_int64(labels[is_int]))
-    rest = ~(is_str | is_int)  # beyond int64 too: hashed as text, like any other label
+    is_float = np.fromiter((isinstance(v, float) for v in labels), bool, labels.size)
+    if is_float.any():
+        out[is_float] = _hash_floats(labels[is_float])
+    rest = ~(is_str | is_int | is_float)  # beyond int64 too: hashed as text, as other labels
     if rest.any():
         text = pd.Series([f"{type(v).__name__}:{v!r}" for v in labels[rest]], dtype=object)
         out[rest] = pd.util.hash_pandas_object(text, index=False).to_numpy(dtype=np.uint64) \
@@ -109,6 +116,11 @@ def _as_int64(labels: np.ndarray) -> np.ndarray | None:
         return None
 
 
+def _hash_floats(labels: np.ndarray) -> np.ndarray:
+    v = np.asarray(labels.tolist(), dtype=np.float64) + 0.0  # -0.0 + 0.0 is 0.0: one label
+    return _k.hash_ints(v.view(np.int64)) ^ np.uint64(0x6A09E667F3BCC909)
+
+
 def _hash_text(labels: np.ndarray) -> np.ndarray:
     import pyarrow as pa
 
@@ -121,10 +133,10 @@ def _hash_text(labels: np.ndarray) -> np.ndarray:
 
 @dataclass
 class _Summary:
-    """Per-arm summaries with what a report needs beyond them (the per-day table, row counts
-    and notes) but no per-unit rows: what :func:`bta.dask.ab_report` merges from partitions.
-    :func:`~bta.evaluate.ab_report` reads it as it reads a log (``units.x`` is empty, so no
-    bootstrap)."""
+    """Per-arm summaries with what a report needs beyond them (the per-day table, row counts,
+    notes and the bootstrap's sums) but no per-unit rows: what :func:`bta.dask.ab_report`
+    merges from partitions. :func:`~bta.evaluate.ab_report` reads it as it reads a log
+    (``units.x`` is empty; ``units.boot_sums`` stands in for it in the bootstrap)."""
 
     stats: dict[Any, ArmStats]
     units: _Units
@@ -447,10 +459,10 @@ def _daily(day: np.ndarray, unit: np.ndarray, unit_arm: np.ndarray, n_arms: int,
     out = _k.daily_moments(vals, ud_unit, group, kind, src, np.ascontiguousarray(cov), n_groups)
     per_day, inc = out[:3], out[3:]
     shape = (n_arms, n_days)
-    day_m = Moments(per_day[0].reshape(shape), per_day[1].reshape(shape + (-1,)),
+    day_m = Moments(per_day[0].reshape(shape), per_day[1].reshape(shape + (len(names),)),
                     per_day[2].reshape(shape + (len(names),) * 2), names)
     cum_m = Moments(np.cumsum(inc[0].reshape(shape), axis=1),
-                    np.cumsum(inc[1].reshape(shape + (-1,)), axis=1),
+                    np.cumsum(inc[1].reshape(shape + (len(names),)), axis=1),
                     np.cumsum(inc[2].reshape(shape + (len(names),) * 2), axis=1), names)
     return days, day_m, cum_m
 

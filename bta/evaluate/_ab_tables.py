@@ -185,14 +185,15 @@ def bootstrap_seeds(n_boot: int, random_state: Any) -> np.ndarray:
                         endpoint=True)
 
 
-def bootstrap_sums(units: _Units, seeds: np.ndarray) -> np.ndarray:
+def bootstrap_sums(units: _Units, seeds: np.ndarray, threads: bool = True) -> np.ndarray:
     """Per resample and arm of ``units.arms``, the weighted sums of [1, x] over its units:
-    shape (B, arms, 1 + K)."""
+    shape (B, arms, 1 + K). ``threads=False`` for a caller in a thread pool (a Dask task)."""
     from bta.evaluate._ab_kernels import poisson_bootstrap_sums
 
     group = np.repeat(np.arange(len(units.arms)), np.diff(units.offsets))
     x = np.concatenate([np.ones((units.x.shape[0], 1)), units.x], axis=1)
-    return poisson_bootstrap_sums(x, group, len(units.arms), seeds, units.unit_keys())
+    return poisson_bootstrap_sums(x, group, len(units.arms), seeds, units.unit_keys(),
+                                  threads=threads)
 
 
 def _bootstrap(lifts: pd.DataFrame, results: dict[str, dict[str, np.ndarray]], units: _Units,
@@ -208,7 +209,12 @@ def _bootstrap(lifts: pd.DataFrame, results: dict[str, dict[str, np.ndarray]], u
     full = np.array([[float(stats[a].n), *map(float, stats[a].sums)] for a in arms])
     cols = [units.names.index(c) + 1 for c in covariates]
     n_t = len(arms) - 1
+    for c in ("boot_abs_ci_low", "boot_abs_ci_high", "boot_rel_ci_low", "boot_rel_ci_high"):
+        lifts[c] = np.nan
     for i, m in enumerate(METRICS):
+        used = {nm for nm, _ in METRICS[m].num + METRICS[m].den}
+        if not used <= set(units.names):
+            continue  # a metric the log does not measure: no interval
         a, b = METRICS[m].vectors(units.names)
         with np.errstate(all="ignore"):
             r = (s @ a) / (s @ b)  # (B, arms)

@@ -221,7 +221,7 @@ def _report(stats: dict[Any, ArmStats], units: _Units | None, notes: list[str], 
             n_rows: int | None, n_used: int | None, st: _Settings, *, cuped: Any,
             expected_weights: Mapping[Any, float] | None, random_state: Any) -> ABReport:
     """The report of per-arm summaries; ``units`` (when known) gives the per-day table and
-    the bootstrap (the bootstrap needs the per-unit rows ``units.x``)."""
+    the bootstrap (from the per-unit rows ``units.x``, or the sums ``units.boot_sums``)."""
     control, alpha, srm_alpha = st.control, st.alpha, st.srm_alpha
     bootstrap, correction, sequential = st.bootstrap, st.correction, st.sequential
     names = next(iter(stats.values())).names

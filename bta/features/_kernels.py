@@ -20,7 +20,7 @@ import numpy as np
 from numba import prange as numba_prange
 
 from bta._event_kernels import is_new_session
-from bta._jit import batch_jit, exact_jit
+from bta._jit import batch_jit, exact_jit, serial_copy
 
 # Standard event codes (bta.events.STANDARD_EVENTS order is fixed).
 EV_PAGE_VIEW = 0
@@ -402,22 +402,7 @@ def fill_csr(user_offsets, ts, event, category, value, ev_slot, ev_weight, cat_s
                      row_start[u])
 
 
-def _renamed(func, name: str):
-    """A copy of ``func`` under another name. numba's on-disk cache is keyed by the function's
-    qualified name and source line, not by compile flags: compiling the same function twice
-    (threaded and serial) would let one variant load the other's cached machine code."""
-    import types
-
-    copy = types.FunctionType(func.__code__.replace(co_name=name, co_qualname=name)
-                              if hasattr(func.__code__, "co_qualname")
-                              else func.__code__.replace(co_name=name),
-                              func.__globals__, name, func.__defaults__, func.__closure__)
-    copy.__qualname__ = name
-    copy.__doc__ = func.__doc__
-    return copy
-
-
 #: The same kernels compiled without threads, for small logs: waking a thread pool costs more
 #: than the work below a few hundred thousand events (and stalls on oversubscribed machines).
-size_csr_serial = batch_jit(parallel=False)(_renamed(size_csr.py_func, "size_csr_serial"))
-fill_csr_serial = batch_jit(parallel=False)(_renamed(fill_csr.py_func, "fill_csr_serial"))
+size_csr_serial = serial_copy(size_csr, "size_csr_serial")
+fill_csr_serial = serial_copy(fill_csr, "fill_csr_serial")
