@@ -42,18 +42,23 @@ ALL_TARGETED = Experiment({"control": 0.0, "targeted": 1.0})
 
 
 # ---- the world: profiles, a segment book, a store ----------------------------------------------
-def _events(seed: int = 7) -> pd.DataFrame:
+def lean_events(seed: int, n_users: int, max_events: int, click_rate: float) -> pd.DataFrame:
+    """Users leaning to one category each (so that rules split the population), 1 to
+    ``max_events - 1`` events each in the week before ``T0``."""
     rng = np.random.default_rng(seed)
     rows = []
-    for u in range(N_USERS):
-        # each user leans to one category, so that rules split the population
+    for u in range(n_users):
         fav = CATEGORIES[u % 3]
-        for _ in range(int(rng.integers(1, 9))):
+        for _ in range(int(rng.integers(1, max_events))):
             cat = fav if rng.random() < 0.7 else CATEGORIES[int(rng.integers(0, 3))]
-            ev = "ad_click" if rng.random() < 0.1 else "page_view"
+            ev = "ad_click" if rng.random() < click_rate else "page_view"
             rows.append((u, T0 - int(rng.integers(H, 6 * DAY)), ev, cat))
     df = pd.DataFrame(rows, columns=["user_id", "ts", "event", "category"])
     return df.drop_duplicates().reset_index(drop=True)
+
+
+def _events(seed: int = 7) -> pd.DataFrame:
+    return lean_events(seed, N_USERS, max_events=9, click_rate=0.1)
 
 
 def _book(users, seed: int = 3, names=("travelers", "autos_fans", "tiny")) -> SegmentBook:

@@ -52,6 +52,7 @@ from bta.serve import (
     REASONS, Campaign, Creative, Decision, Engine, EpsilonGreedy, Experiment, FrequencyCap,
     MemoryProfileStore, Request, Softmax, decide_openrtb,
 )
+from test_engine import CATEGORIES, DAY, T0, lean_events
 from test_openrtb import tcf_string
 
 #: Examples per property; raise it for a longer campaign (docs/fuzzing.md).
@@ -60,10 +61,6 @@ FUZZ = settings(max_examples=EXAMPLES, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                        HealthCheck.function_scoped_fixture])
 
-H = 3_600_000
-DAY = 24 * H
-T0 = 1_767_225_600_000  # 2026-01-01 00:00 UTC
-CATEGORIES = ("autos", "travel", "sports")
 N_USERS = 30
 OPTED_OUT = frozenset({2, 7})
 GRANTED = tcf_string({1, 2, 3, 4})
@@ -72,16 +69,7 @@ GRANTED = tcf_string({1, 2, 3, 4})
 # ---- a small world and an Engine that uses every feature of the request path ------------------
 def world_events(seed: int = 11, n_users: int = N_USERS) -> pd.DataFrame:
     """Users leaning to one category each, a few events in the week before ``T0``."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for u in range(n_users):
-        fav = CATEGORIES[u % 3]
-        for _ in range(int(rng.integers(1, 8))):
-            cat = fav if rng.random() < 0.7 else CATEGORIES[int(rng.integers(0, 3))]
-            ev = "ad_click" if rng.random() < 0.15 else "page_view"
-            rows.append((u, T0 - int(rng.integers(H, 6 * DAY)), ev, cat))
-    df = pd.DataFrame(rows, columns=["user_id", "ts", "event", "category"])
-    return df.drop_duplicates().reset_index(drop=True)
+    return lean_events(seed, n_users, max_events=8, click_rate=0.15)
 
 
 def world_book(users: Any, seed: int = 5, names: tuple[str, ...] = ("travelers", "autos_fans")
