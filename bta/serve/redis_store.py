@@ -358,26 +358,30 @@ class RedisProfileStore(BookState):
             As :meth:`get`.
         """
         names, fp, _book = self._book_state
-        keys, pos = [], []
-        for i, u in enumerate(user_ids):
-            try:
-                keys.append(self.key(u))
-                pos.append(i)
-            except ConfigError:
-                continue
-        out: list[Profile | None] = [None] * len(user_ids)
-        if not keys:
-            return out
+        slot, order = self._distinct_keys(user_ids)
+        if not order:
+            return [None] * len(user_ids)
         try:
-            raws = self._r.mget(keys)
+            raws = self._r.mget(order)
         except Exception as exc:  # noqa: BLE001
-            raise StoreError(f"Redis MGET of {len(keys)} keys failed: {type(exc).__name__}: "
+            raise StoreError(f"Redis MGET of {len(order)} keys failed: {type(exc).__name__}: "
                              f"{exc}") from exc
         n_feat, n_seg = len(self.feature_names), len(names)
-        for i, raw in zip(pos, raws):
-            if raw is not None:
-                out[i] = decode_profile(raw, n_feat, n_seg, fp)[0]
-        return out
+        got = [None if raw is None else decode_profile(raw, n_feat, n_seg, fp)[0]
+               for raw in raws]
+        return [got[j] if j >= 0 else None for j in slot.tolist()]
+
+    def _distinct_keys(self, user_ids: Sequence[Any]) -> tuple[np.ndarray, list[str]]:
+        """(each user's position among the distinct keys, -1 for an id no publisher can have
+        written; the distinct keys in order of first appearance)."""
+        slot = np.full(len(user_ids), -1, dtype=np.int64)
+        keys: dict[str, int] = {}
+        for i, u in enumerate(user_ids):
+            try:
+                slot[i] = keys.setdefault(self.key(u), len(keys))
+            except ConfigError:
+                continue
+        return slot, list(keys)
 
     def get_block(self, user_ids: Sequence[Any], as_of_ms: Any = None) -> ProfileBlock:
         r"""Many users' profiles as arrays (the offline replay's bulk read), user ``i``'s equal
@@ -408,16 +412,8 @@ class RedisProfileStore(BookState):
         """
         names, fp, _book = self._book_state
         n = len(user_ids)
-        slot = np.full(n, -1, dtype=np.int64)  # user -> position among the distinct keys
-        keys: dict[str, int] = {}
-        for i, u in enumerate(user_ids):
-            try:
-                k = self.key(u)
-            except ConfigError:
-                continue  # an id no publisher can have written: absent
-            slot[i] = keys.setdefault(k, len(keys))
+        slot, order = self._distinct_keys(user_ids)
         n_feat, n_seg = len(self.feature_names), len(names)
-        order = list(keys)
         decoded: list[Profile | None] = []
         bad = np.zeros(len(order), dtype=bool)
         step = _MGET_CHUNK * _MGETS_PER_TRIP  # raw values held at once: one trip's
