@@ -7,6 +7,7 @@ goes through pandas once. The per-column readers then return plain arrays.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Hashable, Mapping
 from typing import Any
 
@@ -59,9 +60,9 @@ def _column(x: Any, where: str, n: int | None = None) -> np.ndarray | pd.Series:
         x = pd.Series(list(x)) if len(x) else np.empty(0, dtype=object)
     if isinstance(x, pd.Series):
         if isinstance(x.dtype, pd.ArrowDtype):
-            import pyarrow as pa
-
-            x = _arrow_to_series(pa.chunked_array(x.array), where)
+            # the Arrow data itself (iterating the array would read each string as a
+            # sequence of characters, and fails on numbers and timestamps)
+            x = _arrow_to_series(x.array.__arrow_array__(), where)
         if not pd.api.types.is_extension_array_dtype(x.dtype):
             x = x.to_numpy()
     if isinstance(x, np.ndarray) and x.ndim != 1:
@@ -119,7 +120,7 @@ def _factorize(x: np.ndarray | pd.Series, small: bool) -> tuple[np.ndarray, np.n
 
 def _read_ids(x: np.ndarray | pd.Series, col: str, where: str, small: bool
               ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """Read a user_id / category column.
+    """Read an id column (user_id, category, item_id, event_id).
 
     Returns ``(values, uniques, missing)``: with ``uniques`` None, ``values`` are the
     integer ids themselves; otherwise codes into ``uniques`` (-1 = null). ``missing`` is a
@@ -189,8 +190,8 @@ def _read_ids(x: np.ndarray | pd.Series, col: str, where: str, small: bool
     else:
         raise SchemaError(f"{expected} {_describe(x)}")
     missing = codes < 0
-    if col == "user_id":
-        # An empty id names nobody; it is quarantined as missing rather than a user "".
+    if col in ("user_id", "event_id"):
+        # An empty id names nobody (no user, no event): missing rather than an id "".
         empty = np.flatnonzero(uniques == "")
         if len(empty):
             missing |= codes == empty[0]
@@ -216,13 +217,35 @@ def _read_events(x: np.ndarray | pd.Series, where: str) -> tuple[np.ndarray, lis
     return codes, names
 
 
-def _epoch_numbers(vals: np.ndarray, missing: np.ndarray | None, unit: str
+def _refuse_date_integers(ok: np.ndarray, vals: np.ndarray, where: str) -> None:
+    """Raise if every number reads as a ``YYYYMMDD`` date (``19970101``).
+
+    Read as epoch seconds such a column falls in August 1970 (as milliseconds, on its first
+    day), where no real log lies; read as dates it is 1900-2199. Which one is meant is not
+    bta's to guess: the caller says ``ts_format="%Y%m%d"`` or ``ts_unit``.
+    """
+    if not len(ok) or ok.min() < 19_000_101 or ok.max() > 21_991_231:
+        return
+    whole = ok.astype(np.int64)
+    if not (whole == ok).all():
+        return
+    month, day = whole // 100 % 100, whole % 100
+    if ((month >= 1) & (month <= 12) & (day >= 1) & (day <= 31)).all():
+        i = int(np.flatnonzero(vals == ok[0])[0])
+        raise SchemaError(f"{where} holds numbers that read as YYYYMMDD dates (e.g. "
+                          f"{int(whole[0])} at row {i}) as well as epoch times in 1970; pass "
+                          "ts_format='%Y%m%d' to read dates, or ts_unit='s' or 'ms' for epoch "
+                          "times")
+
+
+def _epoch_numbers(vals: np.ndarray, missing: np.ndarray | None, unit: str, where: str
                    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """Epoch numbers -> (ms, bad, too_big)."""
     if unit == "auto":
         ok = vals if missing is None else vals[~missing]
         if vals.dtype.kind == "f":
             ok = ok[np.isfinite(ok)]
+        _refuse_date_integers(ok, vals, where)
         # A strided sample keeps this O(1) in the number of rows; the decision is one
         # for the whole column, so a few stray rows cannot flip it.
         step = max(1, len(ok) // 100_001)
@@ -259,9 +282,13 @@ def _datetimes_to_ms(x: np.ndarray | pd.Series) -> tuple[np.ndarray, np.ndarray 
     return ms, (nat if nat.any() else None)
 
 
-def _read_times(x: np.ndarray | pd.Series, where: str, unit: str
+def _read_times(x: np.ndarray | pd.Series, where: str, unit: str, fmt: str | None
                 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """Read the ts column -> (epoch ms int64, bad_time mask, too-big-for-int64 mask)."""
+    """Read the ts column -> (epoch ms int64, bad_time mask, too-big-for-int64 mask).
+
+    ``fmt`` (``ts_format``) reads text, and whole numbers as their decimal text; without it
+    text must be ISO 8601.
+    """
     expected = (f"{where} must hold datetimes, date strings or epoch seconds/milliseconds, "
                 "got")
     dtype = x.dtype
@@ -271,7 +298,7 @@ def _read_times(x: np.ndarray | pd.Series, where: str, unit: str
     if isinstance(dtype, pd.CategoricalDtype):
         # parse each distinct category once, then spread by code
         cats = _column(dtype.categories, where)
-        cat_ms, cat_bad, cat_big = _read_times(cats, where, unit)
+        cat_ms, cat_bad, cat_big = _read_times(cats, where, unit, fmt)
         codes = np.asarray(x.cat.codes)
         bad_c = np.zeros(len(cats) + 1, bool)
         bad_c[-1] = True  # code -1: null
@@ -286,44 +313,91 @@ def _read_times(x: np.ndarray | pd.Series, where: str, unit: str
     if dtype.kind == "b" or isinstance(dtype, pd.BooleanDtype):
         raise SchemaError(f"{expected} bool")
     if pd.api.types.is_numeric_dtype(dtype) and dtype.kind in "iuf":
+        missing = None
+        vals = x
         if isinstance(x, pd.Series):  # nullable numbers
             missing = np.asarray(x.isna())
             kind = np.float64 if dtype.kind == "f" else np.int64
             vals = x.to_numpy(dtype=kind, na_value=0)
-            return _epoch_numbers(vals, missing if missing.any() else None, unit)
-        return _epoch_numbers(x, None, unit)
+            missing = missing if missing.any() else None
+        if fmt is not None:
+            return _parse_times(_number_text(vals, missing), where, fmt) + (None,)
+        return _epoch_numbers(vals, missing, unit, where)
     if isinstance(dtype, pd.StringDtype) or dtype.kind in "OU":
         if dtype == object:
             _check_not_nested(x, where)
             kind = pd.api.types.infer_dtype(x, skipna=True)
             if kind in ("integer", "floating", "mixed-integer-float"):
-                return _read_times(_nullable_numbers(x, kind, expected), where, unit)
+                return _read_times(_nullable_numbers(x, kind, expected), where, unit, fmt)
             if kind in ("boolean", "timedelta", "bytes", "complex", "interval", "period"):
                 raise SchemaError(f"{expected} {_describe(x)}")
-        return _parse_times(x) + (None,)
+        return _parse_times(x, where, fmt) + (None,)
     raise SchemaError(f"{expected} {_describe(x)}")
 
 
-def _parse_times(x: np.ndarray | pd.Series) -> tuple[np.ndarray, np.ndarray | None]:
-    """Strings / Python datetimes -> (epoch ms, bad mask); naive taken as UTC."""
+def _number_text(vals: np.ndarray, missing: np.ndarray | None) -> pd.Series:
+    """Whole numbers as their decimal text (``19970101``, ``19970101.0`` -> ``"19970101"``),
+    for ``ts_format``; anything else (fractions, NaN, nulls) is None, so a bad time."""
+    vals = np.asarray(vals)
+    ok = np.ones(len(vals), bool) if missing is None else ~missing
+    if vals.dtype.kind == "f":
+        with np.errstate(invalid="ignore"):
+            ok &= np.isfinite(vals) & (vals == np.round(vals)) & (np.abs(vals) < 2.0**63)
+    text = pd.Series(np.where(ok, vals, 0).astype(np.int64)).astype(str).astype(object)
+    text[~ok] = None
+    return text
+
+
+def _to_datetime(s: pd.Series, fmt: str) -> pd.Series:
+    """``pd.to_datetime(s, format=fmt)`` in UTC with failures as NaT (naive taken as UTC)."""
+    try:
+        return pd.to_datetime(s, utc=True, errors="coerce", format=fmt)
+    except (TypeError, ValueError, OverflowError):  # objects pandas cannot even coerce
+        return pd.Series(pd.NaT, index=s.index, dtype="datetime64[ms, UTC]")
+
+
+def _parse_times(x: np.ndarray | pd.Series, where: str, fmt: str | None
+                 ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Strings / Python datetimes -> (epoch ms, bad mask).
+
+    Text is parsed with ``fmt``, or else as ISO 8601, exactly: one rule for every row, so that
+    no row's time depends on the others (pandas left to itself infers a format from the first
+    string: ``"01/02/2026"`` would then be January 2 or February 1 by row order). Without
+    ``fmt``, a row that is not ISO 8601 but is a date in some other format refuses the column
+    (the format is the caller's to say); rows that are no date at all are bad times.
+    """
     s = pd.Series(x.array if isinstance(x, pd.Series) else x, copy=False)
-
-    def parse(part: pd.Series, **kw: Any) -> pd.Series:
-        try:
-            return pd.to_datetime(part, utc=True, errors="coerce", **kw)
-        except (TypeError, ValueError):  # objects pandas cannot even coerce
-            return pd.Series(pd.NaT, index=part.index, dtype="datetime64[ms, UTC]")
-
-    ms, bad = _datetimes_to_ms(parse(s))
-    if bad is not None:
-        failed = np.flatnonzero(bad & s.notna().to_numpy())
-        if len(failed):
-            # pandas infers one format from the first string; parse the rest one by one
-            retry_ms, retry_bad = _datetimes_to_ms(parse(s.iloc[failed], format="mixed"))
-            ms[failed] = retry_ms
-            bad[failed] = False if retry_bad is None else retry_bad
-            bad = bad if bad.any() else None
+    before = time.time_ns() // 1_000_000
+    ms, bad = _datetimes_to_ms(_to_datetime(s, "ISO8601" if fmt is None else fmt))
+    after = time.time_ns() // 1_000_000
+    if bad is not None and fmt is None:
+        _refuse_other_formats(s, bad & s.notna().to_numpy(), where)
+    # pandas reads "now" and "today" as the clock's time, whatever the format: a time that
+    # changes from run to run is no time. Only rows parsed inside the parse's own time span
+    # can be such, so the text of those few is checked.
+    clock = np.flatnonzero((ms >= before) & (ms <= after))
+    if len(clock):
+        said = s.iloc[clock].astype(object).map(
+            lambda v: isinstance(v, str) and v.strip().lower() in ("now", "today")).to_numpy(bool)
+        if said.any():
+            bad = np.zeros(len(ms), bool) if bad is None else bad
+            bad[clock[said]] = True
     return ms, bad
+
+
+def _refuse_other_formats(s: pd.Series, failed: np.ndarray, where: str) -> None:
+    """Raise if a text that failed ISO 8601 (rows ``failed``) reads as a date in another
+    format; texts that read as no date at all are left to be bad times."""
+    if not failed.any():
+        return
+    texts = pd.unique(s[failed].astype(object))
+    other = _to_datetime(pd.Series(texts, dtype=object), "mixed").notna().to_numpy()
+    if other.any():
+        example = texts[int(np.flatnonzero(other)[0])]
+        row = int(np.flatnonzero(failed & (s.astype(object) == example).to_numpy())[0])
+        raise SchemaError(f"{where} holds times that are not ISO 8601, such as {example!r} at "
+                          f"row {row}; pass ts_format= (a strptime format, e.g. "
+                          "'%d/%m/%Y %H:%M') to read them")
 
 
 def _read_values(x: np.ndarray | pd.Series, where: str) -> np.ndarray:

@@ -6,6 +6,7 @@ Every :class:`~bta.events.EventLog` constructor ends in :func:`_ingest`.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable, Hashable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -20,7 +21,10 @@ from bta._event_schema import (
     _DIRECT_SPAN_SLACK,
     _REASON_COLUMN,
     _REASON_TEXT,
+    _DEDUPE_REASONS,
     COLUMNS,
+    DEDUPE_MODES,
+    DEFAULT_MAX_FUTURE,
     DEFAULT_TIME_RANGE,
     REASONS,
     REMOVAL_REASONS,
@@ -29,6 +33,7 @@ from bta._event_schema import (
     _threads,
     logger,
     to_epoch_ms,
+    to_millis,
 )
 from bta._jit import num_threads
 from bta.errors import SchemaError, check_param
@@ -48,15 +53,19 @@ class _Options:
     strict_events: bool = True
     errors: Literal["raise", "quarantine"] = "raise"
     ts_unit: Literal["auto", "s", "ms"] = "auto"
+    ts_format: str | None = None
     time_range: tuple[int | None, int | None] = (None, None)
+    max_future_ms: int | None = None
+    dedupe: Literal["event_id", "exact", "none"] = "event_id"
     flag_bots: BotRule = BotRule()
     privacy: PrivacyPolicy = dataclasses.field(default_factory=PrivacyPolicy)
     pseudonymize_key: bytes | None = None
 
     @classmethod
     def make(cls, event_types: Sequence[str] | None = None, strict_events: bool = True,
-             errors: str = "raise", ts_unit: str = "auto",
+             errors: str = "raise", ts_unit: str = "auto", ts_format: str | None = None,
              time_range: tuple[Any, Any] | None = DEFAULT_TIME_RANGE,
+             max_future: Any = DEFAULT_MAX_FUTURE, dedupe: str = "event_id",
              flag_bots: BotRule | None = BotRule(), privacy: PrivacyPolicy | None = None,
              pseudonymize_key: bytes | None = None) -> _Options:
         if event_types is None:
@@ -83,6 +92,11 @@ class _Options:
                            for t in time_range)  # type: ignore[assignment]
             check_param("time_range", time_range,
                         None in bounds or bounds[0] < bounds[1], "a (start, end) with start < end")
+        future = None if max_future is None else to_millis(max_future, "max_future")
+        if time_range is None:
+            future = None  # no time checks at all
+        if ts_format is not None:
+            _check_ts_format(ts_format)
         if flag_bots is None:
             flag_bots = BotRule(enabled=False)
         if privacy is None:
@@ -90,8 +104,8 @@ class _Options:
         if pseudonymize_key is not None:
             pseudonymize([], pseudonymize_key)  # the one place the key's rules are checked
             pseudonymize_key = bytes(pseudonymize_key)
-        return cls(extras, strict_events, errors, ts_unit, bounds, flag_bots,  # type: ignore
-                   privacy, pseudonymize_key)
+        return cls(extras, strict_events, errors, ts_unit, ts_format, bounds,  # type: ignore
+                   future, dedupe, flag_bots, privacy, pseudonymize_key)
 
     def __post_init__(self) -> None:
         check_param("strict_events", self.strict_events, isinstance(self.strict_events, bool),
@@ -100,10 +114,22 @@ class _Options:
                     "one of 'raise', 'quarantine'")
         check_param("ts_unit", self.ts_unit, self.ts_unit in ("auto", "s", "ms"),
                     "one of 'auto', 's', 'ms'")
+        check_param("dedupe", self.dedupe, self.dedupe in DEDUPE_MODES,
+                    "one of " + ", ".join(map(repr, DEDUPE_MODES)))
         check_param("flag_bots", self.flag_bots, isinstance(self.flag_bots, BotRule),
                     "a BotRule or None")
         check_param("privacy", self.privacy, isinstance(self.privacy, PrivacyPolicy),
                     "a PrivacyPolicy or None")
+
+
+def _check_ts_format(fmt: Any) -> None:
+    """Refuse a ``ts_format`` that is not a strptime format pandas can use."""
+    expected = "a strptime format such as '%d/%m/%Y %H:%M'"
+    check_param("ts_format", fmt, isinstance(fmt, str) and "%" in fmt, expected)
+    try:
+        pd.to_datetime(pd.Series(["0"], dtype=object), format=fmt, errors="coerce")
+    except ValueError as exc:  # a bad directive
+        check_param("ts_format", fmt, False, f"{expected} ({exc})")
 
 
 # ------------------------------------------------------------------------ the pipeline
@@ -227,6 +253,16 @@ def _quarantine_frame(reason: np.ndarray | None, cols: dict[str, Any],
     return q
 
 
+def _id_codes(vals: np.ndarray, uniques: np.ndarray | None, missing: np.ndarray | None
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Codes (-1 where missing) and distinct values of ids as :func:`_read_ids` gives them:
+    integer ids (``uniques`` None) are factorized, their distinct values an int64 array."""
+    codes, uniques = pd.factorize(vals) if uniques is None else (vals, uniques)
+    if missing is not None:
+        codes = np.where(missing, -1, codes)
+    return codes, uniques
+
+
 def _pseudonymize_ids(vals: np.ndarray, uniques: np.ndarray | None,
                       missing: np.ndarray | None, key: bytes) -> tuple[np.ndarray, np.ndarray]:
     """User ids as :func:`_read_ids` returns them, replaced by their pseudonyms.
@@ -234,13 +270,8 @@ def _pseudonymize_ids(vals: np.ndarray, uniques: np.ndarray | None,
     Returns codes (int32, -1 where missing) into an object array of distinct pseudonyms; each
     distinct id is hashed once.
     """
-    if uniques is None:
-        codes, uniques = pd.factorize(vals)
-    else:
-        codes = vals
-    codes = np.array(codes, dtype=np.int32)
-    if missing is not None:
-        codes[missing] = -1
+    codes, uniques = _id_codes(vals, uniques, missing)
+    codes = np.asarray(codes, dtype=np.int32)
     # ids equal as text (7 and "7") get one pseudonym, so factorize the hashes again
     pcodes, puniq = pd.factorize(pseudonymize(np.asarray(uniques, dtype=object), key))
     lut = np.append(pcodes.astype(np.int32), np.int32(-1))  # code -1 picks the last slot
@@ -261,19 +292,42 @@ def _screen(policy: PrivacyPolicy, uid: tuple, cat: tuple | None, n: int) -> np.
             # integer categories cannot name a sensitive category: skip hashing the column
             cat_codes, cat_uniques = np.full(n, -1, np.int32), np.empty(0, dtype=object)
         else:
-            cat_codes, cat_uniques = (pd.factorize(vals) if uniques is None
-                                      else (vals, uniques))
-            if missing is not None:
-                cat_codes = np.where(missing, -1, cat_codes)
+            cat_codes, cat_uniques = _id_codes(vals, uniques, missing)
 
-    def users() -> tuple[np.ndarray, np.ndarray]:
-        vals, uniques, missing = uid
-        codes, uniques = pd.factorize(vals) if uniques is None else (vals, uniques)
-        if missing is not None:
-            codes = np.where(missing, -1, codes)
-        return codes, uniques
+    return policy._screen_codes(np.asarray(cat_codes), cat_uniques, lambda: _id_codes(*uid))
 
-    return policy._screen_codes(np.asarray(cat_codes), cat_uniques, users)
+
+def _time_reasons(ts_ms: np.ndarray, ts_big: np.ndarray | None, opts: _Options,
+                  texts: dict[str, str]) -> tuple[np.ndarray | None, ...]:
+    """Masks of ``epoch_zero``, ``time_out_of_range`` and ``future_time`` (None: no row).
+
+    ``texts`` gets the range and the future limit written into its reasons.
+    """
+    lo, hi = opts.time_range
+    out_of_range = ts_big
+    zero = None
+    if lo is not None or hi is not None:
+        oor = (ts_ms < lo) if lo is not None else np.zeros(len(ts_ms), bool)
+        if hi is not None:
+            oor |= ts_ms >= hi
+        out_of_range = oor if out_of_range is None else (oor | out_of_range)
+        if (lo is None or lo <= 0) and (hi is None or hi > 0):
+            # exactly 0 is what a null becomes where a system writes it as 0 (Unix time 0, a
+            # NOT NULL DEFAULT 0 column, a JSON 0): no real event lies on that millisecond
+            zero = ts_ms == 0
+            if ts_big is not None:
+                zero &= ~ts_big  # too big for int64: those read as 0 only as a placeholder
+            zero = zero if zero.any() else None
+    texts["time_out_of_range"] = texts["time_out_of_range"].format(
+        range=f"[{_fmt_ms(lo)}, {_fmt_ms(hi) if hi is not None else '+inf'})")
+    future = None
+    if opts.max_future_ms is not None:
+        limit = time.time_ns() // 1_000_000 + opts.max_future_ms
+        future = ts_ms > limit
+        future = future if future.any() else None
+        texts["future_time"] = texts["future_time"].format(
+            limit=f"{_fmt_ms(limit)} (max_future past the time of ingestion)")
+    return zero, out_of_range, future
 
 
 def _ingest(raw: dict[str, Any], sources: dict[str, Hashable], n: int | None,
@@ -294,29 +348,34 @@ def _ingest(raw: dict[str, Any], sources: dict[str, Hashable], n: int | None,
     if opts.pseudonymize_key is not None:
         uid_vals, uid_uniques = _pseudonymize_ids(uid_vals, uid_uniques, uid_missing,
                                                   opts.pseudonymize_key)
-    ts_ms, ts_bad, ts_big = _read_times(cols["ts"], where["ts"], opts.ts_unit)
+    ts_ms, ts_bad, ts_big = _read_times(cols["ts"], where["ts"], opts.ts_unit, opts.ts_format)
     ev_raw, ev_names = _read_events(cols["event"], where["event"])
     if "category" in cols:
         cat_vals, cat_uniques, cat_missing = _read_ids(cols["category"], "category",
                                                        where["category"], small=True)
+    if "item_id" in cols:
+        item_vals, item_uniques, item_missing = _read_ids(cols["item_id"], "item_id",
+                                                          where["item_id"], small=False)
+    event_ids = None
+    if "event_id" in cols:
+        eid_codes, eid_uniques = _id_codes(*_read_ids(cols["event_id"], "event_id",
+                                                      where["event_id"], small=False))
+        event_ids = (np.asarray(eid_codes, dtype=np.int64), len(eid_uniques))
+        del eid_codes, eid_uniques
     value = _read_values(cols["value"], where["value"]) if "value" in cols else None
 
     event, event_types, unknown = _event_codes(ev_raw, ev_names, opts, where["event"])
     del ev_raw
 
     # row problems, assigned last reason first so that the first matching reason wins
-    lo, hi = opts.time_range
-    out_of_range = ts_big
-    if lo is not None or hi is not None:
-        oor = (ts_ms < lo) if lo is not None else np.zeros(n, bool)
-        if hi is not None:
-            oor |= ts_ms >= hi
-        out_of_range = oor if out_of_range is None else (oor | out_of_range)
+    texts = dict(_REASON_TEXT)
+    zero, out_of_range, future = _time_reasons(ts_ms, ts_big, opts, texts)
     bad_value = None
     if value is not None:
         with np.errstate(invalid="ignore"):
             bad_value = (value < 0) | np.isinf(value)
-    reason = _first_reasons((uid_missing, ts_bad, out_of_range, event < 0, bad_value), n)
+    reason = _first_reasons((uid_missing, ts_bad, zero, out_of_range, future, event < 0,
+                             bad_value), n)
     # privacy screening comes first: a screened row is removed, never quarantined with its data
     screen = _screen(opts.privacy, (uid_vals, uid_uniques, uid_missing),
                      (cat_vals, cat_uniques, cat_missing) if "category" in cols else None, n)
@@ -331,10 +390,7 @@ def _ingest(raw: dict[str, Any], sources: dict[str, Hashable], n: int | None,
             reason = reason if reason.any() else None
     else:
         screened = None
-    del screen, out_of_range, bad_value, uid_missing, ts_bad, ts_big
-    texts = dict(_REASON_TEXT)
-    texts["time_out_of_range"] = texts["time_out_of_range"].format(
-        range=f"[{_fmt_ms(lo)}, {_fmt_ms(hi) if hi is not None else '+inf'})")
+    del screen, zero, out_of_range, future, bad_value, uid_missing, ts_bad, ts_big
     if unknown:
         texts["unknown_event"] += (f"; unknown names {unknown[:5]}, declare them with "
                                    "event_types= or pass strict_events=False")
@@ -346,17 +402,31 @@ def _ingest(raw: dict[str, Any], sources: dict[str, Hashable], n: int | None,
         valid = ~screened if reason is None else (~screened & (reason == 0))
     del screened
 
+    if event_ids is not None and opts.dedupe == "event_id":
+        # a repeated event id is one event delivered again (trackers retry): the first valid
+        # row of each id is the event; the repeats are set aside, whatever errors= says
+        repeat = _k.repeated_codes(event_ids[0], valid, event_ids[1])
+        if repeat.any():
+            if reason is None:
+                reason = np.zeros(n, np.int8)
+            reason[repeat] = REASONS.index("duplicate_event_id") + 1
+            valid = ~repeat if valid.size == 0 else (valid & ~repeat)
+        del repeat
+
     with num_threads(_threads(n)):
-        # encode users and categories over the valid rows only
+        # encode users, categories and items over the valid rows only
         user_codes, users = _encode(uid_vals, uid_uniques, valid)
         del uid_vals, uid_uniques
+        cat_codes, categories = np.empty(0, np.int32), np.empty(0, dtype=object)
         if "category" in cols:
-            cat_valid = valid if cat_missing is None else (
-                ~cat_missing if valid.size == 0 else (valid & ~cat_missing))
-            cat_codes, categories = _encode(cat_vals, cat_uniques, cat_valid)
-            del cat_vals, cat_uniques, cat_valid
-        else:
-            cat_codes, categories = np.empty(0, np.int32), np.empty(0, dtype=object)
+            cat_codes, categories = _encode(cat_vals, cat_uniques,
+                                            _and_present(valid, cat_missing))
+            del cat_vals, cat_uniques
+        item_codes, items = None, np.empty(0, dtype=object)
+        if "item_id" in cols:
+            item_codes, items = _encode(item_vals, item_uniques,
+                                        _and_present(valid, item_missing))
+            del item_vals, item_uniques
         del valid
 
         # one counter array of n_users per chunk: use few chunks when users are many
@@ -374,39 +444,36 @@ def _ingest(raw: dict[str, Any], sources: dict[str, Hashable], n: int | None,
             del times, ranks
         del ts_ms
 
-        # exact duplicates sit in the same (user, ts) run after the sort
         session = cols.get("session_id")
         val_k = value if value is not None else np.empty(0, np.float64)
-        sess_k = np.empty(0, np.int64)
-        if session is not None:
-            try:
-                sess_k = pd.factorize(session)[0].astype(np.int64, copy=False)
-            except TypeError as exc:  # unhashable ids (lists, dicts)
-                raise SchemaError(f"{where['session_id']} must hold hashable ids: "
-                                  f"{exc}") from None
-        dup = _k.find_duplicates(offsets, ts_sorted, rows, event, cat_codes, val_k, sess_k)
-        del sess_k
-        if dup.any():
-            if reason is None:
-                reason = np.zeros(n, np.int8)
-            reason[rows[dup]] = REASONS.index("duplicate") + 1
-            if opts.errors == "raise":
-                raise _row_error(reason, where, texts)
-            removed_before = np.concatenate(([0], np.cumsum(dup)))
-            offsets = offsets - removed_before[offsets]
-            keep = ~dup
-            ts_sorted, rows = ts_sorted[keep], rows[keep]
-            del keep, removed_before
-        del dup
+        if opts.dedupe == "exact":
+            # exact duplicates sit in the same (user, ts) run after the sort
+            keys = _row_keys(item_codes, session, event_ids, n, where)
+            dup = _k.find_duplicates(offsets, ts_sorted, rows, event, cat_codes, val_k, keys)
+            del keys
+            if dup.any():
+                if reason is None:
+                    reason = np.zeros(n, np.int8)
+                reason[rows[dup]] = REASONS.index("duplicate") + 1
+                removed_before = np.concatenate(([0], np.cumsum(dup)))
+                offsets = offsets - removed_before[offsets]
+                keep = ~dup
+                ts_sorted, rows = ts_sorted[keep], rows[keep]
+                del keep, removed_before
+            del dup
+        del event_ids
 
         user_s = user_codes[:len(rows)]  # dead after the sort; reused for the output
         ev_s, cat_s, val_s = _k.gather_columns(rows, offsets, event, cat_codes, val_k, user_s)
         if value is None:
             val_s = np.zeros(len(rows))  # calloc: pages are only touched when read
         del event, cat_codes, val_k, value
-        session_s = None
-        if session is not None:
-            session_s = np.asarray(_take(session, rows))
+        item_s = None if item_codes is None else item_codes[rows]
+        del item_codes
+        session_s = None if session is None else np.asarray(_take(session, rows))
+        event_id_s = None
+        if "event_id" in cols:
+            event_id_s = np.asarray(_take(cols["event_id"], rows))
         del rows
 
         user_column = sources["user_id"] if take is not None else "user_id"
@@ -419,6 +486,38 @@ def _ingest(raw: dict[str, Any], sources: dict[str, Hashable], n: int | None,
                                    value=val_s, user_offsets=offsets, users=users,
                                    categories=categories, event_types=event_types,
                                    quarantine=q, n_input_rows=n, session_id=session_s,
+                                   item=item_s, items=items, event_id=event_id_s,
                                    removed=removed, user_column=user_column)
         log._set_flags(opts.flag_bots)
         return log
+
+
+def _and_present(valid: np.ndarray, missing: np.ndarray | None) -> np.ndarray:
+    """Rows that are valid (an empty ``valid`` means all) and hold a value."""
+    if missing is None:
+        return valid
+    return ~missing if valid.size == 0 else (valid & ~missing)
+
+
+def _row_keys(item_codes: np.ndarray | None, session: Any, event_ids: tuple | None,
+              n: int, where: dict[str, str]) -> np.ndarray:
+    """The optional id columns of each input row as int64 codes, shape (n, k): what, beside
+    event, category and value, two rows must share to be identical."""
+    keys = []
+    if item_codes is not None:
+        keys.append(item_codes.astype(np.int64))
+    if session is not None:
+        keys.append(_session_codes(session, where["session_id"]))
+    if event_ids is not None:
+        keys.append(event_ids[0])
+    if not keys:
+        return np.empty((n, 0), np.int64)
+    return np.ascontiguousarray(np.stack(keys, axis=1))
+
+
+def _session_codes(session: Any, where: str) -> np.ndarray:
+    """Session ids (any hashable values, kept as given) as int64 codes, -1 for null."""
+    try:
+        return pd.factorize(session)[0].astype(np.int64, copy=False)
+    except TypeError as exc:  # unhashable ids (lists, dicts)
+        raise SchemaError(f"{where} must hold hashable ids: {exc}") from None

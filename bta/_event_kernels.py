@@ -21,6 +21,7 @@ __all__ = [
     "small_factorize",
     "sort_by_user_time",
     "find_duplicates",
+    "repeated_codes",
     "gather_columns",
     "user_activity",
     "session_codes",
@@ -262,7 +263,7 @@ def sort_by_user_time(codes, ts, n_users, n_chunks):
 
 
 @batch_jit()
-def _same_row(r1, r2, event, category, value, session):
+def _same_row(r1, r2, event, category, value, keys):
     if event[r1] != event[r2]:
         return False
     if category.shape[0] > 0 and category[r1] != category[r2]:
@@ -273,8 +274,9 @@ def _same_row(r1, r2, event, category, value, session):
         # a missing value (NaN) equals another missing value, nothing else
         if v1 != v2 and not (np.isnan(v1) and np.isnan(v2)):
             return False
-    if session.shape[0] > 0 and session[r1] != session[r2]:
-        return False
+    for k in range(keys.shape[1]):
+        if keys[r1, k] != keys[r2, k]:
+            return False
     return True
 
 
@@ -287,7 +289,7 @@ def _mix(h, x):
 
 
 @batch_jit()
-def _row_key(r, event, category, value_bits, session):
+def _row_key(r, event, category, value_bits, keys):
     h = _mix(np.int64(0), np.int64(event[r]))
     if category.shape[0] > 0:
         h = _mix(h, np.int64(category[r]))
@@ -299,25 +301,28 @@ def _row_key(r, event, category, value_bits, session):
         elif (b & np.int64(0x7FF0000000000000)) == np.int64(0x7FF0000000000000):
             b = np.int64(0x7FF8000000000000)
         h = _mix(h, b)
-    if session.shape[0] > 0:
-        h = _mix(h, session[r])
+    for k in range(keys.shape[1]):
+        h = _mix(h, keys[r, k])
     return h
 
 
 @batch_jit()
-def find_duplicates(offsets, ts_sorted, rows, event, category, value, session):
+def find_duplicates(offsets, ts_sorted, rows, event, category, value, keys):
     """Mark sorted positions that repeat an earlier row exactly.
 
     Exact duplicates share user and time, so after the sort they sit in the same tie
     run; within a run (input order) a row is a duplicate when an earlier, non-duplicate
-    row of the run equals it on event, category, value (NaN equals NaN) and session.
+    row of the run equals it on event, category, value (NaN equals NaN) and every key.
 
     Parameters
     ----------
     offsets, ts_sorted, rows : outputs of :func:`sort_by_user_time`
     event : ndarray of shape (n,), int16
-        Per input row. ``category`` (int32), ``value`` (float64) and ``session`` (int64
-        codes) likewise, or empty arrays when the column was not provided.
+        Per input row. ``category`` (int32) and ``value`` (float64) likewise, or empty
+        arrays when the column was not provided.
+    keys : ndarray of shape (n, k), int64
+        Codes of the other columns a duplicate must share (items, sessions, event ids);
+        ``k`` may be 0.
 
     Returns
     -------
@@ -340,31 +345,61 @@ def find_duplicates(offsets, ts_sorted, rows, event, category, value, session):
                     for j in range(s + 1, e):
                         for i in range(s, j):
                             if not dup[i] and _same_row(rows[i], rows[j], event, category,
-                                                        value, session):
+                                                        value, keys):
                                 dup[j] = True
                                 break
                 else:
-                    keys = np.empty(e - s, np.int64)
+                    hashes = np.empty(e - s, np.int64)
                     for j in range(e - s):
-                        keys[j] = _row_key(rows[s + j], event, category, value_bits, session)
-                    # stable: equal keys stay in input order, so the first is kept
-                    idx = np.argsort(keys, kind="mergesort")
+                        hashes[j] = _row_key(rows[s + j], event, category, value_bits, keys)
+                    # stable: equal hashes stay in input order, so the first is kept
+                    idx = np.argsort(hashes, kind="mergesort")
                     g = 0
                     while g < e - s:
                         h = g + 1
-                        while h < e - s and keys[idx[h]] == keys[idx[g]]:
+                        while h < e - s and hashes[idx[h]] == hashes[idx[g]]:
                             h += 1
                         for jj in range(g + 1, h):
                             j = s + idx[jj]
                             for ii in range(g, jj):
                                 i = s + idx[ii]
                                 if not dup[i] and _same_row(rows[i], rows[j], event,
-                                                            category, value, session):
+                                                            category, value, keys):
                                     dup[j] = True
                                     break
                         g = h
             s = e
     return dup
+
+
+@batch_jit()
+def repeated_codes(codes, valid, n_codes):
+    """True at each row whose code already occurred at an earlier valid row.
+
+    Parameters
+    ----------
+    codes : ndarray of shape (n,), int64
+        Codes in ``[0, n_codes)``; -1 (no code) never repeats.
+    valid : ndarray of shape (n,) or (0,), bool
+        Rows that take part; empty means all. Rows not valid are never marked and do not
+        count as occurrences.
+
+    Returns
+    -------
+    repeat : ndarray of shape (n,), bool
+    """
+    n = codes.shape[0]
+    all_valid = valid.shape[0] == 0
+    seen = np.zeros(n_codes, np.bool_)
+    repeat = np.zeros(n, np.bool_)
+    for i in range(n):
+        c = codes[i]
+        if c >= 0 and (all_valid or valid[i]):
+            if seen[c]:
+                repeat[i] = True
+            else:
+                seen[c] = True
+    return repeat
 
 
 @batch_jit(parallel=True)

@@ -1,33 +1,60 @@
 """EventLog: the one validated, columnar form of clickstream events.
 
-Every input (pandas, Arrow, Parquet, plain arrays) is converted once into contiguous arrays
-sorted by (user, time); users, categories and event types become dense integer codes with
-sorted vocabularies, so that codes (and every result computed from them) do not depend on
-the order of the input rows. Every input row is accounted for: accepted, or quarantined
-with a reason code (``errors="raise"``, the default, raises instead).
+Every input (pandas with NumPy or Arrow dtypes, polars, Arrow, Parquet, plain arrays) is
+converted once into contiguous arrays sorted by (user, time); users, categories, items and
+event types become dense integer codes with sorted vocabularies, so that codes (and every
+result computed from them) do not depend on the order of the input rows. Every input row is
+accounted for: accepted, or quarantined with a reason code (``errors="raise"``, the default,
+raises instead), or removed by the privacy policy and counted.
+
+Rows are data. Two identical rows are two events (two views of one page in one second, two
+purchases of one amount on one day) and both are kept; ``summary()`` counts them. Telling a
+repeated *delivery* of one event from a second event takes an event id: with an
+``event_id`` column, repeats of an id are set aside (see ``dedupe``).
 
 Row problems, checked in this order (the first that applies is the row's reason):
 
 ======================= ================================================================
 ``missing_user``        null (or empty string) user id
 ``bad_time``            null or unparseable time
+``epoch_zero``          time exactly 1970-01-01T00:00:00.000Z while the time range holds it:
+                        what a null becomes where a system writes it as 0 (Unix time 0, a
+                        ``NOT NULL DEFAULT 0`` column, a JSON ``0``); no real event lies on
+                        that millisecond. ``time_range=None`` accepts it.
 ``time_out_of_range``   time outside ``time_range`` (``lo <= t < hi``)
+``future_time``         time later than the moment of ingestion plus ``max_future`` (while
+                        ``time_range`` is not None)
 ``unknown_event``       null event name, or a name neither standard nor declared
 ``bad_value``           negative or infinite value (a null value is 0.0, not a problem)
-``duplicate``           exact duplicate of an earlier accepted row on every provided
-                        column (times compared in milliseconds, null equals null); the
-                        first is kept
+``duplicate_event_id``  (``dedupe="event_id"``, with an ``event_id`` column) repeat of the
+                        event id of an earlier valid row; the first is kept
+``duplicate``           (``dedupe="exact"`` only) identical to an earlier valid row on every
+                        provided column (times compared in milliseconds, null equals null);
+                        the first is kept
 ======================= ================================================================
+
+The two duplicate reasons are the deduplication asked for, not errors: their rows are set
+aside in the quarantine even with ``errors="raise"``.
 
 Columns (bta name: what it may hold):
 
-- ``user_id`` (required): strings or integers (floats are accepted when integral).
+- ``user_id`` (required): strings or integers (floats are accepted when integral). Ids are
+  kept as the source gave them and compared in their canonical form (:mod:`bta.ids`).
 - ``ts`` (required): datetime64 of any unit (tz-aware converted to UTC, naive taken as UTC),
-  Timestamps or strings pandas can parse, or epoch seconds / milliseconds (``ts_unit``).
+  Timestamps, ISO 8601 strings (any other text format needs ``ts_format``), or epoch seconds /
+  milliseconds (``ts_unit``).
 - ``event`` (required): event names as strings, pandas Categorical or Arrow dictionary.
 - ``category`` (optional): strings or integers, null allowed (code -1).
+- ``item_id`` (optional): the page, product or URL id of the event, strings or integers,
+  null allowed (code -1); encoded like categories, vocabulary in ``items``.
 - ``value`` (optional): numbers, null allowed (0.0).
 - ``session_id`` (optional): any hashable ids, kept as given.
+- ``event_id`` (optional): the event's own id (Snowplow ``event_id``, Segment
+  ``messageId``, an order id), strings or integers, kept as given; null or empty ids never
+  repeat.
+
+Text files must keep the id columns (:data:`ID_COLUMNS`) as text, so that ``"001"`` and
+``"1"`` stay two ids: the ``bta`` command's CSV reading does.
 
 Privacy (see :mod:`bta.privacy`): before any check, each row is screened by the
 ``privacy`` policy (by default ``PrivacyPolicy()``, whose sensitive deny list always
@@ -52,10 +79,13 @@ import pandas as pd
 from bta import _event_kernels as _k
 from bta._event_bots import _FLAG_REASONS, BotRule, _bot_stats
 from bta._event_columns import _where
-from bta._event_ingest import _ingest, _Options
+from bta._event_ingest import _ingest, _Options, _session_codes
 from bta._event_schema import (
     COLUMNS,
+    DEDUPE_MODES,
+    DEFAULT_MAX_FUTURE,
     DEFAULT_TIME_RANGE,
+    ID_COLUMNS,
     REASONS,
     REMOVAL_REASONS,
     STANDARD_EVENTS,
@@ -66,13 +96,17 @@ from bta._event_schema import (
 )
 from bta._event_sessions import Sessions, _utc
 from bta.errors import ConfigError, SchemaError, UnknownNameError, check_param, check_paths
+from bta.ids import canonical_ids, id_keys
 from bta.privacy import PrivacyPolicy
 
 __all__ = [
     "STANDARD_EVENTS",
     "COLUMNS",
+    "ID_COLUMNS",
     "REASONS",
+    "DEDUPE_MODES",
     "DEFAULT_TIME_RANGE",
+    "DEFAULT_MAX_FUTURE",
     "REMOVAL_REASONS",
     "BotRule",
     "EventLog",
@@ -92,14 +126,39 @@ _OPTIONS_DOC = """
         vocabulary, sorted, after the standard and declared names.
     errors : {"raise", "quarantine"}, default "raise"
         On row problems raise :class:`~bta.errors.SchemaError`, or set the rows aside in
-        ``quarantine`` and go on.
+        ``quarantine`` and go on. Rows set aside by ``dedupe`` never raise.
+    dedupe : {"event_id", "exact", "none"}, default "event_id"
+        Which rows are one event delivered twice. ``"event_id"``: repeats of an
+        ``event_id`` (when the input has that column) are quarantined as
+        ``duplicate_event_id``, the first valid row of each id kept; without the column
+        nothing is dropped. ``"exact"``: rows identical to an earlier one on every provided
+        column are quarantined as ``duplicate``. ``"none"``: every row is an event. The
+        default follows the trackers that produce clickstreams: Snowplow deduplicates on its
+        ``event_id``, Segment on the ``messageId`` (not on the payload), GA4 purchases on
+        their ``transaction_id``. Identical content is no evidence of a repeat: at
+        second or day resolution two real events often look alike, and dropping them
+        loses behavior and revenue.
     ts_unit : {"auto", "s", "ms"}, default "auto"
         Unit of numeric epoch times (ignored for datetimes and strings). ``"auto"`` decides
         once for the whole column: seconds when the median magnitude is below 1e11
-        (1e11 s is the year 5138, 1e11 ms is March 1973), else milliseconds.
-    time_range : (start, end), default ("2000-01-01", "2100-01-01")
-        Accepted times, ``start <= ts < end`` (UTC; either end may be None; None for
-        both disables the check).
+        (1e11 s is the year 5138, 1e11 ms is March 1973), else milliseconds. A column whose
+        every number reads as a ``YYYYMMDD`` date (``19970101``) is refused: pass
+        ``ts_format="%Y%m%d"`` or a ``ts_unit``.
+    ts_format : str, optional
+        strptime format of text times (``"%d/%m/%Y %H:%M"``), passed to
+        :func:`pandas.to_datetime`; whole numbers are read as their decimal text. Without
+        it text must be ISO 8601 (``2026-03-01``, ``2026-03-01 10:00:00``,
+        ``2026-03-01T10:00:00+01:00``, ``20260301``), parsed exactly; a column in another
+        date format is refused with an error naming it and an example row, never guessed
+        (``01/02/2026`` is January 2 in one country and February 1 in another). Rows that
+        are no time at all are ``bad_time``.
+    time_range : (start, end), default ("1970-01-01", None)
+        Accepted times, ``start <= ts < end`` (UTC; either end may be None). While the range
+        holds epoch 0, a time of exactly 0 is ``epoch_zero`` (see the module docs). None
+        accepts any time: no range, epoch-zero or future check.
+    max_future : duration or None, default "1d"
+        Rows later than the time of ingestion plus this are ``future_time`` (clocks drift,
+        and a day covers any time zone written as UTC); None disables the check.
     flag_bots : BotRule or None, default BotRule()
         Bot and anomaly flagging; None flags nobody.
     privacy : PrivacyPolicy, optional
@@ -117,8 +176,13 @@ _OPTIONS_DOC = """
 class EventLog:
     """Validated, encoded events sorted by (user, time).
 
-    ``EventLog(data, columns=None, **options)`` is :meth:`from_any`: a DataFrame, an Arrow
-    table, Parquet path(s), a dict of arrays or a polars frame.
+    ``EventLog(data, columns=None, **options)`` is :meth:`from_any`: a DataFrame (pandas or
+    polars), an Arrow table, Parquet path(s) or a dict of arrays.
+
+    User ids are kept as the input gave them (an integer column stays integer) and compared
+    in their canonical form (:mod:`bta.ids`: text as it is, integers as decimal text):
+    :meth:`user_code` and :meth:`erase` find user ``923`` by ``923`` or ``"923"`` whichever
+    the log holds, and ``"0923"`` is another user, as in the privacy registries.
 
     Attributes
     ----------
@@ -132,12 +196,16 @@ class EventLog:
         Category code indexing ``categories``; -1 for none.
     value : ndarray of shape (n_rows,), float64
         0.0 where the input had no value.
+    item : ndarray of shape (n_rows,), int32, or None
+        Item code indexing ``items``, -1 for none; None when the input had no ``item_id``.
     user_offsets : ndarray of shape (n_users + 1,), int64
         Rows of user ``u`` are ``user_offsets[u]:user_offsets[u + 1]``.
     users : ndarray of shape (n_users,)
         Sorted unique user ids (``np.unique`` order) of the accepted rows.
     categories : ndarray of shape (n_categories,)
         Sorted unique categories of the accepted rows.
+    items : ndarray of shape (n_items,)
+        Sorted unique items of the accepted rows (empty without an ``item_id`` column).
     event_types : tuple of str
         ``STANDARD_EVENTS`` then the declared extras (then, non-strict, unseen names).
     flagged : ndarray of shape (n_users,), bool
@@ -151,8 +219,8 @@ class EventLog:
         Rows removed, by reason (:data:`REMOVAL_REASONS`): privacy screening at ingestion
         (``opt_out``, ``under_age``, ``sensitive``), :meth:`retain` / :meth:`drop_before`
         (``expired``) and :meth:`erase` (``erased``). Removed rows are not kept anywhere.
-    session_id : ndarray of shape (n_rows,) or None
-        The input's session ids, when given.
+    session_id, event_id : ndarray of shape (n_rows,) or None
+        The input's session ids and event ids, as given, when it had them.
     bot_rule : BotRule
         The rule ``flagged`` was computed with.
     flag_report : pandas.DataFrame
@@ -179,14 +247,17 @@ class EventLog:
     event: np.ndarray
     category: np.ndarray
     value: np.ndarray
+    item: np.ndarray | None
     user_offsets: np.ndarray
     users: np.ndarray
     categories: np.ndarray
+    items: np.ndarray
     event_types: tuple[str, ...]
     flagged: np.ndarray
     quarantine: pd.DataFrame
     n_input_rows: int
     session_id: np.ndarray | None
+    event_id: np.ndarray | None
 
     def __init__(self, data: Any, columns: Mapping[str, Hashable] | None = None,
                  **options: Any) -> None:
@@ -198,6 +269,9 @@ class EventLog:
         log = object.__new__(cls)
         parts.setdefault("removed", dict.fromkeys(REMOVAL_REASONS, 0))
         parts.setdefault("user_column", "user_id")
+        parts.setdefault("item", None)
+        parts.setdefault("items", np.empty(0, dtype=object))
+        parts.setdefault("event_id", None)
         log.__dict__.update(parts)
         log.flagged = np.zeros(len(parts["users"]), bool)
         log._bot = None
@@ -214,17 +288,16 @@ class EventLog:
     # -------------------------------------------------------------- constructors
 
     @classmethod
-    def from_pandas(cls, df: pd.DataFrame, columns: Mapping[str, Hashable] | None = None, *,
-                    event_types: Sequence[str] | None = None, strict_events: bool = True,
-                    errors: str = "raise", ts_unit: str = "auto",
-                    time_range: tuple[Any, Any] | None = DEFAULT_TIME_RANGE,
-                    flag_bots: BotRule | None = BotRule(), privacy: PrivacyPolicy | None = None,
-                    pseudonymize_key: bytes | None = None) -> EventLog:
-        """Events from a pandas DataFrame.
+    def from_pandas(cls, df: Any, columns: Mapping[str, Hashable] | None = None,
+                    **options: Any) -> EventLog:
+        """Events from a pandas DataFrame (NumPy or Arrow dtypes) or a polars frame.
 
         Parameters
         ----------
-        df : pandas.DataFrame of shape (n_input_rows, n_columns)
+        df : pandas.DataFrame of shape (n_input_rows, n_columns), or polars DataFrame/LazyFrame
+            Columns may hold NumPy dtypes, pandas extension dtypes or Arrow-backed dtypes
+            (``dtype_backend="pyarrow"``, ``pd.ArrowDtype``). A polars frame is read through
+            Arrow (:meth:`from_polars`).
         columns : mapping, optional
             bta column name -> your column name, e.g. ``{"ts": "time"}``; unmapped names
             are looked up as they are. ``user_id``, ``ts`` and ``event`` are required.
@@ -243,8 +316,9 @@ class EventLog:
         ConfigError
             An option is invalid.
         """
-        opts = _Options.make(event_types, strict_events, errors, ts_unit, time_range,
-                             flag_bots, privacy, pseudonymize_key)
+        if _is_polars(df):
+            return cls.from_polars(df, columns, **options)
+        opts = _Options.make(**options)
         if not isinstance(df, pd.DataFrame):
             raise SchemaError(f"df must be a pandas DataFrame, got {type(df).__name__}")
         sources = _resolve(columns, list(df.columns))
@@ -252,12 +326,33 @@ class EventLog:
         return _ingest(raw, sources, len(df), lambda rows: df.iloc[rows], opts)
 
     @classmethod
+    def from_polars(cls, frame: Any, columns: Mapping[str, Hashable] | None = None,
+                    **options: Any) -> EventLog:
+        """Events from a polars DataFrame or LazyFrame (options as :meth:`from_pandas`).
+
+        Only the mapped columns are collected (a LazyFrame is collected with just them) and
+        handed over as Arrow (:meth:`from_arrow`); the quarantine is a pandas frame.
+        """
+        _Options.make(**options)  # fail on bad options before collecting anything
+        if not _is_polars(frame):
+            raise SchemaError(f"frame must be a polars DataFrame or LazyFrame, "
+                              f"got {type(frame).__name__}")
+        names = (frame.collect_schema().names() if hasattr(frame, "collect_schema")
+                 else list(frame.columns))
+        sources = _resolve(columns, names)
+        picked = frame.select(list(dict.fromkeys(sources.values())))
+        if hasattr(picked, "collect"):
+            picked = picked.collect()
+        return cls.from_arrow(picked.to_arrow(), dict(sources), **options)
+
+    @classmethod
     def from_arrow(cls, table: Any, columns: Mapping[str, Hashable] | None = None,
                    **options: Any) -> EventLog:
         """Events from a ``pyarrow.Table`` or ``RecordBatch`` (options as :meth:`from_pandas`).
 
-        Dictionary-encoded columns are read through their codes; integer columns with
-        nulls stay exact.
+        Any Arrow type pandas reads: (large) strings and string views, dictionaries,
+        integers of any width (with nulls they stay exact), timestamps with or without a
+        time zone.
         """
         import pyarrow as pa
 
@@ -299,12 +394,8 @@ class EventLog:
 
     @classmethod
     def from_arrays(cls, user_id: Any, ts: Any, event: Any, category: Any = None,
-                    value: Any = None, session_id: Any = None, *,
-                    event_types: Sequence[str] | None = None, strict_events: bool = True,
-                    errors: str = "raise", ts_unit: str = "auto",
-                    time_range: tuple[Any, Any] | None = DEFAULT_TIME_RANGE,
-                    flag_bots: BotRule | None = BotRule(), privacy: PrivacyPolicy | None = None,
-                    pseudonymize_key: bytes | None = None) -> EventLog:
+                    value: Any = None, session_id: Any = None, item_id: Any = None,
+                    event_id: Any = None, **options: Any) -> EventLog:
         """Events from 1-D arrays of equal length (NumPy, pandas, Arrow or lists).
 
         This is the fast path: integer ids in a modest range are encoded by direct
@@ -314,7 +405,8 @@ class EventLog:
         Parameters
         ----------
         user_id, ts, event : array-like of shape (n_input_rows,)
-        category, value, session_id : array-like of shape (n_input_rows,), optional
+        category, value, session_id, item_id, event_id : array-like of shape \
+(n_input_rows,), optional
         %(options)s
 
         Returns
@@ -327,10 +419,10 @@ class EventLog:
         SchemaError, ConfigError
             As :meth:`from_pandas`.
         """
-        opts = _Options.make(event_types, strict_events, errors, ts_unit, time_range,
-                             flag_bots, privacy, pseudonymize_key)
+        opts = _Options.make(**options)
         given = {"user_id": user_id, "ts": ts, "event": event, "category": category,
-                 "value": value, "session_id": session_id}
+                 "value": value, "session_id": session_id, "item_id": item_id,
+                 "event_id": event_id}
         raw = {c: x for c, x in given.items() if x is not None}
         return _ingest(raw, {c: c for c in raw}, None, None, opts)
 
@@ -342,10 +434,11 @@ class EventLog:
         =============================== ======================================
         ``EventLog``                    returned unchanged (no options allowed)
         ``pandas.DataFrame``            :meth:`from_pandas`
+        polars DataFrame / LazyFrame    :meth:`from_polars`
         ``pyarrow.Table`` / RecordBatch :meth:`from_arrow`
         path, or list of paths          :meth:`from_parquet`
         mapping of name -> array        columns, as a DataFrame's (``columns`` applies)
-        object with ``to_arrow()``      (polars) :meth:`from_arrow`
+        object with ``to_arrow()``      :meth:`from_arrow`
         =============================== ======================================
         """
         if isinstance(data, EventLog):
@@ -355,6 +448,8 @@ class EventLog:
             return data
         if isinstance(data, pd.DataFrame):
             return cls.from_pandas(data, columns, **options)
+        if _is_polars(data):
+            return cls.from_polars(data, columns, **options)
         if type(data).__module__.startswith("pyarrow"):
             return cls.from_arrow(data, columns, **options)
         if isinstance(data, (str, os.PathLike)) or (
@@ -407,9 +502,27 @@ class EventLog:
         codes = self._index(attr).get_indexer(pd.Index(vals, dtype=object)).astype(np.int32)
         return int(codes[0]) if scalar else codes
 
+    def _user_codes(self, ids: Any) -> np.ndarray:
+        """Codes (int32, -1 = unknown) of user ids, matched in canonical form."""
+        vals = np.atleast_1d(np.asarray(ids, dtype=object)).ravel()
+        if self.users.dtype.kind in "iu":
+            keys, ok = id_keys(vals, integer=True)
+            codes = self._index("users").get_indexer(keys)
+            codes[~ok] = -1
+        else:
+            keys = id_keys(vals, integer=False)
+            # None (no id) is looked up as such and never found: a log holds no null user
+            codes = self._index("users").get_indexer(pd.Index(keys, dtype=object))
+        return codes.astype(np.int32)
+
     def user_code(self, ids: Any) -> Any:
-        """Codes of user ids: an int for a scalar, an int32 array otherwise; -1 = unknown."""
-        return self._lookup("users", ids)
+        """Codes of user ids: an int for a scalar, an int32 array otherwise; -1 = unknown.
+
+        Ids are matched in canonical form (:mod:`bta.ids`): on a log of integer ids ``"923"``
+        finds user 923, on a log of text ids ``923`` finds ``"923"``; ``"0923"`` is neither.
+        """
+        codes = self._user_codes(ids)
+        return int(codes[0]) if np.ndim(ids) == 0 else codes
 
     def category_code(self, values: Any) -> Any:
         """Codes of categories: an int for a scalar, an int32 array otherwise; -1 = unknown."""
@@ -434,10 +547,11 @@ class EventLog:
 
         Returns
         -------
-        pandas.DataFrame of shape (n_rows, 5 or 6)
-            ``user_id`` (original ids), ``ts`` (``datetime64[ms, UTC]``), ``event`` and
-            ``category`` (categoricals over the vocabularies; a missing category is null),
-            ``value``, and ``session_id`` when the input had one.
+        pandas.DataFrame of shape (n_rows, 5 to 8)
+            ``user_id`` (original ids), ``ts`` (``datetime64[ms, UTC]``), ``event``,
+            ``category`` and ``item_id`` (categoricals over the vocabularies; a missing one
+            is null; ``item_id`` when the input had it), ``value``, then ``session_id`` and
+            ``event_id`` when the input had them.
         """
         data = {
             "user_id": self.users[self.user],
@@ -445,15 +559,24 @@ class EventLog:
             "event": pd.Categorical.from_codes(self.event, categories=list(self.event_types)),
             "category": pd.Categorical.from_codes(self.category,
                                                   categories=pd.Index(self.categories)),
-            "value": self.value,
         }
-        if self.session_id is not None:
-            data["session_id"] = self.session_id
+        if self.item is not None:
+            data["item_id"] = pd.Categorical.from_codes(self.item,
+                                                        categories=pd.Index(self.items))
+        data["value"] = self.value
+        for name in ("session_id", "event_id"):
+            if getattr(self, name) is not None:
+                data[name] = getattr(self, name)
         return pd.DataFrame(data)
 
     def summary(self) -> dict[str, Any]:
-        """Counts for a report: rows in / accepted / quarantined / removed (by reason), users,
-        flagged users, categories, time span and events by type."""
+        """Counts for a report: rows in / accepted / identical / quarantined / removed (by
+        reason), users, flagged users, categories, time span and events by type.
+
+        ``rows_identical`` counts the accepted rows identical to an earlier accepted row on
+        every column of the log (user, time, event, category, item, value, session and event
+        id): rows that only look repeated are kept as events, and counted here.
+        """
         by_reason = self.quarantine["reason"].value_counts().reindex(list(REASONS),
                                                                      fill_value=0)
         removed = dict(self.removed)
@@ -461,6 +584,7 @@ class EventLog:
         return {
             "rows_in": self.n_input_rows,
             "rows_accepted": self.n_rows,
+            "rows_identical": self._identical_rows(),
             "rows_quarantined": len(self.quarantine),
             "quarantined_by_reason": {r: int(k) for r, k in by_reason.items()},
             "rows_removed": sum(removed.values()),
@@ -472,6 +596,27 @@ class EventLog:
             "end": _utc([self.ts.max()])[0] if self.n_rows else None,
             "events_by_type": {name: int(k) for name, k in zip(self.event_types, counts)},
         }
+
+    def _identical_rows(self) -> int:
+        """Rows identical to an earlier row of the log on every column it holds."""
+        if "_n_identical" not in self.__dict__:
+            keys = []
+            if self.item is not None:
+                keys.append(self.item.astype(np.int64))
+            for name in ("session_id", "event_id"):
+                ids = getattr(self, name)
+                if ids is not None:
+                    try:
+                        keys.append(_session_codes(ids, name))
+                    except SchemaError:  # unhashable ids: no two rows share one
+                        keys.append(np.arange(self.n_rows, dtype=np.int64))
+            key_arr = (np.ascontiguousarray(np.stack(keys, axis=1)) if keys
+                       else np.empty((self.n_rows, 0), np.int64))
+            dup = _k.find_duplicates(self.user_offsets, self.ts,
+                                     np.arange(self.n_rows, dtype=np.int64), self.event,
+                                     self.category, self.value, key_arr)
+            self.__dict__["_n_identical"] = int(np.count_nonzero(dup))
+        return self.__dict__["_n_identical"]
 
     # ---------------------------------------------------------------- selections
 
@@ -506,23 +651,31 @@ class EventLog:
                         f"a bool mask or user codes in [0, {self.n_users})")
             keep = np.zeros(self.n_users, bool)
             keep[sel] = True
-        rows = keep[self.user]
-        new_code = (np.cumsum(keep, dtype=np.int64) - 1).astype(np.int32)
         counts = np.diff(self.user_offsets)[keep]
         offsets = np.zeros(len(counts) + 1, np.int64)
         np.cumsum(counts, out=offsets[1:])
+        return self._subset(keep[self.user], keep, offsets, self.quarantine, dict(self.removed),
+                            int(offsets[-1]) + len(self.quarantine) + sum(self.removed.values()))
+
+    def _subset(self, rows: np.ndarray, users_kept: np.ndarray, offsets: np.ndarray,
+                quarantine: pd.DataFrame, removed: dict[str, int], n_input_rows: int
+                ) -> EventLog:
+        """A new log of the rows where ``rows`` (a mask), of the users where ``users_kept``
+        (codes re-made densely, order kept); vocabularies of categories, items and event
+        types stay, so their codes remain comparable. Flags are the parent's."""
+        new_code = (np.cumsum(users_kept, dtype=np.int64) - 1).astype(np.int32)
+        per_row = {name: None if getattr(self, name) is None else getattr(self, name)[rows]
+                   for name in ("ts", "event", "category", "value", "item", "session_id",
+                                "event_id")}
         log = EventLog._from_parts(
-            user=new_code[self.user[rows]], ts=self.ts[rows], event=self.event[rows],
-            category=self.category[rows], value=self.value[rows], user_offsets=offsets,
-            users=self.users[keep], categories=self.categories, event_types=self.event_types,
-            quarantine=self.quarantine,
-            n_input_rows=int(offsets[-1]) + len(self.quarantine) + sum(self.removed.values()),
-            session_id=None if self.session_id is None else self.session_id[rows],
-            removed=dict(self.removed), user_column=self.user_column)
+            user=np.ascontiguousarray(new_code[self.user[rows]]), **per_row,
+            user_offsets=offsets, users=self.users[users_kept], categories=self.categories,
+            items=self.items, event_types=self.event_types, quarantine=quarantine,
+            n_input_rows=n_input_rows, removed=removed, user_column=self.user_column)
         log.bot_rule = self.bot_rule
-        log.flagged = self.flagged[keep]
+        log.flagged = self.flagged[users_kept]
         if self._bot is not None:
-            log._bot = {k: v[keep] for k, v in self._bot.items()}
+            log._bot = {k: v[users_kept] for k, v in self._bot.items()}
         return log
 
     def _without_rows(self, keep: np.ndarray, reason: str,
@@ -534,7 +687,6 @@ class EventLog:
         """
         per_user = np.bincount(self.user[keep], minlength=self.n_users)
         users_kept = per_user > 0
-        new_code = (np.cumsum(users_kept, dtype=np.int64) - 1).astype(np.int32)
         offsets = np.zeros(int(users_kept.sum()) + 1, np.int64)
         np.cumsum(per_user[users_kept], out=offsets[1:])
         quarantine = self.quarantine
@@ -543,19 +695,7 @@ class EventLog:
         if keep_quarantine is not None:
             quarantine = quarantine[keep_quarantine].reset_index(drop=True)
             removed[reason] += int(len(keep_quarantine) - np.count_nonzero(keep_quarantine))
-        log = EventLog._from_parts(
-            user=np.ascontiguousarray(new_code[self.user[keep]]), ts=self.ts[keep],
-            event=self.event[keep], category=self.category[keep], value=self.value[keep],
-            user_offsets=offsets, users=self.users[users_kept], categories=self.categories,
-            event_types=self.event_types, quarantine=quarantine,
-            n_input_rows=self.n_input_rows,
-            session_id=None if self.session_id is None else self.session_id[keep],
-            removed=removed, user_column=self.user_column)
-        log.bot_rule = self.bot_rule
-        log.flagged = self.flagged[users_kept]
-        if self._bot is not None:
-            log._bot = {k: v[users_kept] for k, v in self._bot.items()}
-        return log
+        return self._subset(keep, users_kept, offsets, quarantine, removed, self.n_input_rows)
 
     def drop_before(self, ts: Any) -> EventLog:
         """A new log without the events before ``ts`` (counted in ``removed["expired"]``).
@@ -601,22 +741,25 @@ class EventLog:
         Parameters
         ----------
         user_ids : scalar or array-like
-            Ids as the log holds them (pseudonyms when it was built with
-            ``pseudonymize_key``). Unknown ids are ignored.
+            Ids (pseudonyms when the log was built with ``pseudonymize_key``), matched in
+            canonical form (:mod:`bta.ids`) like :meth:`user_code`. Unknown ids are ignored.
 
         Returns
         -------
         EventLog
             The removed rows are counted in ``removed["erased"]``; ``users`` no longer holds
-            the ids (their quarantined rows are matched on the input's user column).
+            the ids (their quarantined rows are matched on the input's user column, in
+            canonical form too).
         """
-        ids = np.atleast_1d(np.asarray(user_ids, dtype=object)).ravel()
-        codes = self.user_code(ids)
+        codes = self._user_codes(user_ids)
         gone = np.zeros(self.n_users, bool)
         gone[codes[codes >= 0]] = True
         keep_q = None
         if len(self.quarantine) and self.user_column in self.quarantine.columns:
-            keep_q = ~np.asarray(self.quarantine[self.user_column].isin(list(ids)))
+            wanted = {c for c in canonical_ids(np.asarray(user_ids, dtype=object))
+                      if c is not None}
+            held = canonical_ids(self.quarantine[self.user_column].to_numpy(dtype=object))
+            keep_q = ~pd.Index(held, dtype=object).isin(wanted)
         return self._without_rows(~gone[self.user], "erased", keep_q)
 
     def exclude_flagged(self) -> EventLog:
@@ -709,3 +852,8 @@ class EventLog:
 for _meth in (EventLog.from_pandas, EventLog.from_arrays):
     _meth.__func__.__doc__ = _meth.__doc__.replace("        %(options)s",  # type: ignore
                                                    _OPTIONS_DOC.strip("\n"))
+
+
+def _is_polars(x: Any) -> bool:
+    """A polars DataFrame or LazyFrame (told by module, so polars need not be installed)."""
+    return type(x).__module__.split(".")[0] == "polars" and hasattr(x, "select")

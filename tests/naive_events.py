@@ -35,13 +35,19 @@ def to_ms(t, unit="ms"):
     return stamp.value // 1_000_000
 
 
-def ingest(rows, event_types=(), strict=True, lo=946684800000, hi=4102444800000, unit="ms"):
+def ingest(rows, event_types=(), strict=True, lo=0, hi=None, unit="ms", dedupe="event_id",
+           max_future_ms=86_400_000, now_ms=None):
     """Reasons and accepted rows, by the rules of the bta.events docstring.
 
     Parameters
     ----------
     rows : list of dict
-        Keys among user_id, ts, event, category, value, session_id.
+        Keys among user_id, ts, event, category, value, session_id, item_id, event_id.
+    lo, hi : int or None
+        The time range in epoch ms (both None: no range, no epoch-zero check).
+    max_future_ms, now_ms : int or None
+        Rows later than ``now_ms + max_future_ms`` are future (None: no check; ``now_ms``
+        defaults to the clock).
 
     Returns
     -------
@@ -52,35 +58,47 @@ def ingest(rows, event_types=(), strict=True, lo=946684800000, hi=4102444800000,
         sorted by (user_id, ts_ms, input row).
     event_vocab : list of str
     """
+    if now_ms is None:
+        now_ms = pd.Timestamp.now(tz="UTC").value // 1_000_000
     known = list(STANDARD_EVENTS) + [e for e in event_types if e not in STANDARD_EVENTS]
     if not strict:
         seen = {r["event"] for r in rows if not _is_null(r.get("event"))}
         known += sorted(seen - set(known))
-    reasons, accepted, keys = [], [], set()
+    ranged = lo is not None or hi is not None
+    reasons, accepted, keys, event_ids = [], [], set(), set()
     for i, r in enumerate(rows):
         u, t, e = r["user_id"], to_ms(r["ts"], unit), r["event"]
         v = r.get("value")
+        eid = r.get("event_id")
         if _is_null(u) or u == "":
             reasons.append("missing_user")
         elif t is None:
             reasons.append("bad_time")
+        elif ranged and t == 0 and (lo is None or lo <= 0) and (hi is None or hi > 0):
+            reasons.append("epoch_zero")
         elif (lo is not None and t < lo) or (hi is not None and t >= hi):
             reasons.append("time_out_of_range")
+        elif max_future_ms is not None and t > now_ms + max_future_ms:
+            reasons.append("future_time")
         elif _is_null(e) or e not in known:
             reasons.append("unknown_event")
         elif not _is_null(v) and (v < 0 or math.isinf(v)):
             reasons.append("bad_value")
+        elif dedupe == "event_id" and not _is_null(eid) and eid != "" and eid in event_ids:
+            reasons.append("duplicate_event_id")
         else:
             c = r.get("category")
-            key = (u, t, e, MISSING if _is_null(c) else c, MISSING if _is_null(v) else v,
-                   MISSING if _is_null(r.get("session_id")) else r.get("session_id"))
-            if key in keys:
+            key = (u, t, e) + tuple(MISSING if _is_null(r.get(k)) else r.get(k) for k in (
+                "category", "value", "session_id", "item_id", "event_id"))
+            if dedupe == "exact" and key in keys:
                 reasons.append("duplicate")
-            else:
-                keys.add(key)
-                reasons.append(None)
-                accepted.append((u, t, e, None if _is_null(c) else c,
-                                 0.0 if _is_null(v) else float(v), i))
+                continue
+            keys.add(key)
+            if not _is_null(eid) and eid != "":
+                event_ids.add(eid)
+            reasons.append(None)
+            accepted.append((u, t, e, None if _is_null(c) else c,
+                             0.0 if _is_null(v) else float(v), i))
     assert set(reasons) <= set(REASONS) | {None}
     accepted.sort(key=lambda a: (a[0], a[1], a[5]))
     return reasons, accepted, known
