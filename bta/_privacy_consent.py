@@ -7,13 +7,17 @@ import base64
 import binascii
 import hashlib
 import hmac
+import functools
+import re
 import threading
+import unicodedata
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
 
 from bta.errors import ConfigError, SchemaError
+from bta.ids import canonical_id, canonical_ids, int_key
 
 __all__ = [
     "DEFAULT_SENSITIVE_CATEGORIES",
@@ -28,6 +32,7 @@ __all__ = [
     "SensitiveOptIns",
     "UserRegistry",
     "_as_1d",
+    "category_key",
     "pseudonymize",
     "tcf_purposes",
 ]
@@ -35,7 +40,8 @@ __all__ = [
 
 #: Categories whose events never enter profiles unless explicitly allowed with opt-in consent.
 #: Names follow common content taxonomies (IAB Content Taxonomy flags health, sexuality,
-#: religion, politics, and sensitive financial topics); match is case-insensitive.
+#: religion, politics, and sensitive financial topics); they match on :func:`category_key`,
+#: so ``"Mental-Health "`` is ``mental_health``.
 DEFAULT_SENSITIVE_CATEGORIES = frozenset({
     "health", "medical", "medical_conditions", "mental_health", "pharmaceuticals",
     "sexual_orientation", "sexuality", "religion", "spirituality", "politics",
@@ -44,6 +50,53 @@ DEFAULT_SENSITIVE_CATEGORIES = frozenset({
 })
 
 GATE_OK = "ok"
+
+# separators: whitespace, control characters, ASCII and Unicode hyphens and dashes, the minus
+# sign, underscores and slashes (after NFKC, which maps fullwidth forms to ASCII)
+_SEPARATORS = re.compile(r"[\s\x00-\x1f\x7f-\x9f\-_/\\\u2010-\u2015\u2212\u2043\ufe58\ufe63]+")
+_MAX_CATEGORY_CHARS = 4096
+
+
+@functools.lru_cache(maxsize=65_536)
+def _category_key_str(text: str) -> str:
+    s = unicodedata.normalize("NFKC", text).casefold()
+    if not s.isascii() or not s.isprintable():
+        # format characters (zero-width space/joiners, soft hyphen, BOM, bidi marks) vanish:
+        # they are invisible, so "health\u200b" reads as "health" to a person
+        s = "".join(ch for ch in s if unicodedata.category(ch) != "Cf")
+        s = unicodedata.normalize("NFKC", s)
+    return _SEPARATORS.sub("_", s).strip("_")
+
+
+def category_key(category: Any) -> str | None:
+    """The normalized key under which a category is screened (None for a missing one).
+
+    Unicode NFKC, case folded (``casefold``), invisible format characters (zero-width
+    space, joiners, soft hyphen, byte-order mark) removed, and every run of whitespace,
+    control characters, hyphens and dashes, underscores and slashes read as one separator
+    ``_``, with none at the ends. So ``"Health "``, ``" health"``, ``"health\t"``,
+    ``"health\u200b"`` and ``"HEALTH"`` are all ``health``, and ``"Mental-Health"``,
+    ``"mental health"``, ``"Mental/Health"`` are ``mental_health``.
+
+    Every place that screens a category uses this key: ingestion and online profiles
+    (:meth:`PrivacyPolicy.screen_events`), feature layouts (:meth:`PrivacyPolicy.feature_spec`),
+    rules and ``total()`` patterns, segment definitions, campaign targeting and segment export
+    (:meth:`PrivacyPolicy.blocked_category_in`). Never raises.
+
+    Examples
+    --------
+    >>> category_key(" Mental-Health\u200b"), category_key("Religion "), category_key(None)
+    ('mental_health', 'religion', None)
+    """
+    if category is None or (isinstance(category, float) and category != category):
+        return None
+    try:
+        text = category if type(category) is str else str(category)
+    except Exception:  # noqa: BLE001 - an object whose str() fails names no category
+        return None
+    if len(text) > _MAX_CATEGORY_CHARS:
+        text = text[:_MAX_CATEGORY_CHARS]
+    return _category_key_str(text)
 
 #: Codes returned by :meth:`PrivacyPolicy.screen_events`; ``SCREEN_REASONS[code]`` names them.
 SCREEN_OK = 0
@@ -97,9 +150,9 @@ def pseudonymize(user_ids: Any, key: bytes) -> Any:
     Parameters
     ----------
     user_ids : scalar or array-like of shape (n,)
-        Ids are hashed by their text (``str(id)``, UTF-8; an integral float as the integer),
-        so ``7``, ``7.0`` and ``"7"`` share a pseudonym. A missing id (None, NaN, the empty
-        string) stays None: it names nobody.
+        Ids are hashed by their canonical form (:func:`bta.ids.canonical_id`, UTF-8), so
+        ``7``, ``7.0`` and ``"7"`` share a pseudonym and ``"07"`` has another. What is no id
+        (None, NaN, the empty string, a bool) stays None: it names nobody.
     key : bytes of length >= 16
         The caller's secret.
 
@@ -122,19 +175,18 @@ def pseudonymize(user_ids: Any, key: bytes) -> Any:
         raise ConfigError("key must be bytes of length >= 16 (a secret supplied by the caller)")
     key = bytes(key)
 
-    def one(u: Any) -> str | None:
-        if u is None or (isinstance(u, float) and u != u) or (isinstance(u, str) and not u):
+    def one(canon: str | None) -> str | None:
+        if canon is None:
             return None
-        if isinstance(u, (float, np.floating)) and float(u).is_integer():
-            u = int(u)  # 7.0 == 7: equal ids share a pseudonym (EventLog reads 7.0 as 7)
-        return hmac.new(key, str(u).encode(), hashlib.sha256).hexdigest()[:32]
+        return hmac.new(key, canon.encode("utf-8", "surrogatepass"),
+                        hashlib.sha256).hexdigest()[:32]
 
     if np.ndim(user_ids) == 0 and not isinstance(user_ids, (list, tuple)):
-        return one(user_ids.item() if isinstance(user_ids, np.generic) else user_ids)
+        return one(canonical_id(user_ids))
     import pandas as pd
 
-    ids = np.asarray(user_ids, dtype=object).ravel()
-    codes, uniques = pd.factorize(ids, use_na_sentinel=True)  # hash each distinct id once
+    canon = canonical_ids(np.asarray(user_ids, dtype=object).ravel())
+    codes, uniques = pd.factorize(canon, use_na_sentinel=True)  # hash each distinct id once
     table = np.array([one(u) for u in uniques] + [None], dtype=object)
     return table[codes]
 
@@ -153,27 +205,47 @@ def _as_1d(values: Any, name: str) -> np.ndarray:
     return arr
 
 
+def _registry_key(user_id: Any, where: str) -> str:
+    """The canonical form of an id being registered; a ConfigError when it is no id."""
+    k = canonical_id(user_id)
+    if k is None:
+        raise ConfigError(f"{where}: {user_id!r} ({type(user_id).__name__}) is not a user id: "
+                          f"ids are text or integers (see bta.ids)")
+    return k
+
+
 class UserRegistry:
-    """A thread-safe set of user ids.
+    """A thread-safe set of user ids, compared in canonical form (:mod:`bta.ids`).
+
+    ``923``, ``np.int64(923)``, ``923.0`` and ``"923"`` are one user here, as everywhere in
+    bta; ``"0923"`` is another. Registering a value that is no id (None, a bool, an empty
+    string, a list) raises :class:`~bta.errors.ConfigError`: a registry that silently kept an
+    id nothing can match would fail open.
 
     Membership tests are plain set lookups (atomic under the GIL), so the serving path reads
     without taking the lock; writers take it.
     """
 
     def __init__(self, users: Iterable[Any] = ()):
-        self._users = set(users)
+        if isinstance(users, (str, bytes)) or not isinstance(users, Iterable):
+            raise ConfigError(f"{type(self).__name__} takes an iterable of user ids, got "
+                              f"{type(users).__name__}")
+        where = type(self).__name__
+        self._users = {_registry_key(u, where) for u in users}
         self._lock = threading.Lock()
         self._version = 0  # counts changes: invalidates the cached index
         self._index_cache: tuple | None = None
 
     def add(self, user_id: Any) -> None:
+        k = _registry_key(user_id, f"{type(self).__name__}.add")
         with self._lock:
-            self._users.add(user_id)
+            self._users.add(k)
             self._version += 1
 
     def remove(self, user_id: Any) -> None:
+        k = canonical_id(user_id)
         with self._lock:
-            self._users.discard(user_id)
+            self._users.discard(k)
             self._version += 1
 
     @property
@@ -182,14 +254,13 @@ class UserRegistry:
         return self._version
 
     def snapshot(self) -> frozenset:
-        """The users registered now, as an immutable set."""
+        """The canonical ids registered now, as an immutable set of str."""
         with self._lock:
             return frozenset(self._users)
 
-    def snapshot_index(self) -> Any:
-        """The users registered now as a pandas ``Index`` of objects, for vectorized
-        membership tests of many ids (``index.get_indexer(ids) >= 0``); built once per
-        change of the registry, not per call."""
+    def _snapshot(self) -> tuple:
+        """(pandas Index of the canonical ids, sorted int64 array of those that are integer
+        ids' forms), built once per change of the registry."""
         cache = self._index_cache
         if cache is not None and cache[0] == self._version:
             return cache[1]
@@ -197,15 +268,43 @@ class UserRegistry:
 
         with self._lock:
             version, users = self._version, list(self._users)
-        index = pd.Index(users, dtype=object)
-        self._index_cache = (version, index)  # one reference assignment: readers see a pair
-        return index
+        ints = sorted({k for k in map(int_key, users) if k is not None})
+        snap = (pd.Index(users, dtype=object), np.array(ints, dtype=np.int64))
+        self._index_cache = (version, snap)  # one reference assignment: readers see a pair
+        return snap
+
+    def snapshot_index(self) -> Any:
+        """The canonical ids registered now as a pandas ``Index`` of str (cached per
+        change of the registry, not rebuilt per call)."""
+        return self._snapshot()[0]
+
+    def members(self, ids: Any) -> np.ndarray:
+        """Which of ``ids`` are registered, as a bool array (vectorized; for many ids).
+
+        ``ids`` is an array of integer ids (compared with the registry's integer forms, no
+        text made per id), of str (compared as they are), or of objects (each put in
+        canonical form).
+        """
+        arr = np.asarray(ids) if not isinstance(ids, np.ndarray) else ids
+        if len(self._users) == 0 or arr.shape[0] == 0:
+            return np.zeros(arr.shape[0], dtype=bool)
+        index, ints = self._snapshot()
+        if arr.dtype.kind in "iu":
+            if arr.dtype.kind == "u":
+                arr = arr.astype(np.uint64)
+                ok = arr <= np.uint64(2**63 - 1)
+                return ok & np.isin(arr.astype(np.int64), ints)
+            return np.isin(arr.astype(np.int64, copy=False), ints)
+        import pandas as pd
+
+        obj = arr.astype(object, copy=False)
+        if pd.api.types.infer_dtype(obj, skipna=False) != "string":
+            obj = canonical_ids(obj)
+        return np.asarray(index.get_indexer(pd.Index(obj, dtype=object)) >= 0)
 
     def __contains__(self, user_id: Any) -> bool:
-        try:
-            return user_id in self._users  # set lookup is atomic under the GIL
-        except TypeError:  # an unhashable id cannot have been registered
-            return False
+        k = user_id if type(user_id) is str else canonical_id(user_id)
+        return k in self._users  # set lookup is atomic under the GIL
 
     def __len__(self) -> int:
         return len(self._users)
@@ -245,45 +344,55 @@ class SensitiveOptIns:
     """Opt-in consent of users to being profiled on single sensitive categories.
 
     Only categories the policy lists in ``allowed_sensitive`` can take effect; an opt-in to any
-    other sensitive category is recorded but grants nothing. Category names are lower-cased.
+    other sensitive category is recorded but grants nothing. Users are compared in canonical
+    form (:mod:`bta.ids`), categories by :func:`category_key`.
     """
 
     def __init__(self, pairs: Iterable[tuple[Any, str]] | Mapping[Any, Iterable[str]] = ()):
-        self._cats: dict[Any, frozenset] = {}
+        self._cats: dict[str, frozenset] = {}
         self._lock = threading.Lock()
+        if isinstance(pairs, (str, bytes)) or not isinstance(pairs, (Iterable, Mapping)):
+            raise ConfigError(f"SensitiveOptIns takes (user, category) pairs or a mapping, got "
+                              f"{type(pairs).__name__}")
         items = pairs.items() if isinstance(pairs, Mapping) else None
         if items is not None:
             for user, cats in items:
                 for c in ([cats] if isinstance(cats, str) else cats):
                     self.add(user, c)
         else:
-            for user, c in pairs:
-                self.add(user, c)
+            for pair in pairs:
+                if isinstance(pair, (str, bytes)) or not isinstance(pair, (tuple, list)) \
+                        or len(pair) != 2:
+                    raise ConfigError(f"SensitiveOptIns: {pair!r} is not a (user, category) "
+                                      f"pair")
+                self.add(pair[0], pair[1])
 
     def add(self, user_id: Any, category: str) -> None:
         """Record that ``user_id`` opted in to profiling on ``category``."""
-        c = str(category).lower()
+        u = _registry_key(user_id, "SensitiveOptIns.add")
+        c = category_key(category)
+        if not c:
+            raise ConfigError(f"SensitiveOptIns.add: {category!r} is not a category")
         with self._lock:
-            self._cats[user_id] = self._cats.get(user_id, frozenset()) | {c}
+            self._cats[u] = self._cats.get(u, frozenset()) | {c}
 
     def remove(self, user_id: Any, category: str | None = None) -> None:
         """Withdraw one opt-in, or all of the user's when ``category`` is None."""
+        u = canonical_id(user_id)
         with self._lock:
             if category is None:
-                self._cats.pop(user_id, None)
+                self._cats.pop(u, None)
                 return
-            left = self._cats.get(user_id, frozenset()) - {str(category).lower()}
+            left = self._cats.get(u, frozenset()) - {category_key(category)}
             if left:
-                self._cats[user_id] = left
+                self._cats[u] = left
             else:
-                self._cats.pop(user_id, None)
+                self._cats.pop(u, None)
 
     def categories(self, user_id: Any) -> frozenset:
-        """Sensitive categories ``user_id`` opted in to (empty when none)."""
-        try:
-            return self._cats.get(user_id, frozenset())  # dict read is atomic under the GIL
-        except TypeError:
-            return frozenset()
+        """Category keys (:func:`category_key`) ``user_id`` opted in to (empty when none)."""
+        u = user_id if type(user_id) is str else canonical_id(user_id)
+        return self._cats.get(u, frozenset())  # dict read is atomic under the GIL
 
     def __contains__(self, user_id: Any) -> bool:
         return bool(self.categories(user_id))

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from bta.errors import ConfigError
+from bta.ids import canonical_id, canonical_ids
 
 __all__ = ["ErasureReceipt", "erase"]
 
@@ -48,11 +49,15 @@ def _held_before(place: Any, user_id: Any) -> bool | None:
     try:
         if hasattr(place, "user_code") and hasattr(place, "quarantine"):  # EventLog
             col = place.user_column
-            in_q = (col in place.quarantine.columns
-                    and bool(place.quarantine[col].isin([user_id]).any()))
+            key = canonical_id(user_id)
+            in_q = (key is not None and col in place.quarantine.columns
+                    and bool((canonical_ids(place.quarantine[col].to_numpy(dtype=object))
+                              == key).any()))
             return bool(place.user_code(user_id) >= 0) or in_q
         if hasattr(place, "segments_of") and hasattr(place, "users"):  # SegmentBook
-            return bool(place._user_index.get_indexer([user_id])[0] >= 0)
+            return bool(place._rows_of(np.array([user_id], dtype=object))[0] >= 0)
+        if hasattr(place, "user_rows") and hasattr(place, "feature_names"):  # FeatureMatrix
+            return bool(place.user_rows(user_id)[0] >= 0)
     except Exception:  # noqa: BLE001 - a receipt detail, never a reason to skip the erasure
         return None
     return None
@@ -67,11 +72,14 @@ def erase(user_id: Any, *places: Any) -> ErasureReceipt:
         The id as bta holds it (apply :func:`pseudonymize` first when ids were pseudonymized
         at ingestion).
     *places : objects with an ``erase`` method
-        Event logs, ``OnlineProfiles``, profile stores (memory, Redis), segment books,
+        Event logs, feature matrices, ``OnlineProfiles``, profile stores (memory, Redis),
+        segment books,
         engines, decision logs (``DecisionLog``: its buffer and its own Parquet files; other
         copies are rewritten with :func:`bta.serve.erase_parquet`), privacy policies. Mutable
-        places are erased in place; immutable ones
-        (``EventLog``, ``SegmentBook``) return a new object, found in ``receipt.results``.
+        places are erased in place; immutable ones (``EventLog``, ``FeatureMatrix``,
+        ``SegmentBook``) return a new object, found in ``receipt.results``. Every place finds
+        the user by canonical id (:mod:`bta.ids`): ``erase("0", log)`` erases user 0 of a log
+        of integer ids.
 
     Returns
     -------

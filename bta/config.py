@@ -61,7 +61,8 @@ import pandas as pd
 import scipy.sparse as sp
 
 from bta.errors import BtaError, ConfigError, SchemaError
-from bta.serve.store import BookState, book_rows, segment_flags
+from bta.ids import canonical_id
+from bta.serve.store import BookState, book_rows, id_rows, row_of, segment_flags
 
 __all__ = [
     "read_table", "write_table", "save_features", "load_features", "load_config",
@@ -333,7 +334,7 @@ class FeatureMatrixStore(BookState):
         self.fm = fm
         self.feature_names = tuple(fm.feature_names)
         self.nan_absent = np.asarray(fm.nan_absent, dtype=bool)
-        self._rows = {u: i for i, u in enumerate(fm.users.tolist())}
+        self._rows = id_rows(fm.users)  # canonical ids: 923 finds user "923"
         self._X = sp.csr_matrix(fm.X)
         self._book_state: tuple = ((), {}, None)
         if book is not None:
@@ -344,9 +345,9 @@ class FeatureMatrixStore(BookState):
         from bta.serve import Profile
 
         names, rows, book = self._book_state
-        b = rows.get(user_id)
+        b = row_of(rows, user_id)
         flags = segment_flags(book, b, len(names))
-        r = self._rows.get(user_id)
+        r = row_of(self._rows, user_id)
         if r is None:
             if b is None:
                 return None
@@ -357,10 +358,11 @@ class FeatureMatrixStore(BookState):
 
     def erase(self, user_id: Any) -> bool:
         """Forget the user in this store (the feature file itself is not changed)."""
-        found = self._rows.pop(user_id, None) is not None
+        key = canonical_id(user_id)
+        found = self._rows.pop(key, None) is not None
         names, rows, book = self._book_state
-        if user_id in rows:
-            rows = {k: v for k, v in rows.items() if k != user_id}
+        if key in rows:
+            rows = {k: v for k, v in rows.items() if k != key}
             self._book_state = (names, rows, book)
             found = True
         return found
@@ -472,7 +474,7 @@ def engine_from_config(cfg: Mapping[str, Any], base_dir: str | Path = ".",
     exp = _table(cfg, "experiment", where, ("arms", "control", "salt", "holdout"))
     priv = _table(cfg, "privacy", where, ("min_age", "require_consent_signal", "opt_outs",
                                           "required_purposes", "sensitive_categories",
-                                          "allowed_sensitive"))
+                                          "allowed_sensitive", "tcf_vendor_id"))
     if "opt_outs" in priv:
         priv["opt_outs"] = OptOutRegistry(priv["opt_outs"])
     for k in ("required_purposes", "sensitive_categories", "allowed_sensitive"):

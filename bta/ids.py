@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["canonical_id", "canonical_ids", "int_key", "id_keys"]
+__all__ = ["canonical_id", "canonical_ids", "int_key", "id_keys", "IdIndex", "MAX_ID_CHARS"]
 
 #: Longest canonical id bta compares (characters). Longer text is not an id: ids are keys,
 #: not payloads, and a bound keeps hostile input from costing time or memory.
@@ -95,6 +95,14 @@ def canonical_ids(values: Any) -> np.ndarray:
     obj = arr.astype(object, copy=False)
     import pandas as pd  # a core dependency; imported here to keep import light
 
+    if pd.api.types.infer_dtype(obj, skipna=False) == "string":  # text is its own form
+        lens = pd.Series(obj, copy=False).str.len().to_numpy()
+        bad = (lens == 0) | (lens > MAX_ID_CHARS)
+        if not bad.any():
+            return obj
+        out = obj.copy()
+        out[bad] = None
+        return out
     try:
         codes, uniques = pd.factorize(obj, use_na_sentinel=True)
     except TypeError:  # unhashable values: one by one
@@ -137,3 +145,59 @@ def id_keys(values: Any, integer: bool) -> np.ndarray:
             keys[i] = k
             ok[i] = True
     return keys, ok
+
+
+class IdIndex:
+    """Positions of ids in a vocabulary (an array of distinct ids), found by canonical form.
+
+    An integer vocabulary is searched by integer keys (a query ``"923"`` finds ``923``;
+    ``"0923"`` finds nothing); any other vocabulary by canonical text (a query ``923`` finds
+    ``"923"``).
+
+    Examples
+    --------
+    >>> IdIndex(np.array([5, 923])).get_indexer(["923", 923.0, "0923", None]).tolist()
+    [1, 1, -1, -1]
+    """
+
+    def __init__(self, values: Any):
+        import pandas as pd
+
+        arr = np.asarray(values) if not isinstance(values, np.ndarray) else values
+        self.integer = arr.dtype.kind in "iu"
+        if self.integer:
+            self._index = pd.Index(arr.astype(np.int64, copy=False))
+        else:
+            self._index = pd.Index(canonical_ids(arr), dtype=object)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def get_indexer(self, ids: Any) -> np.ndarray:
+        """Position of each id (int64; -1 where unknown or no id)."""
+        import pandas as pd
+
+        arr = np.asarray(ids, dtype=object) if not isinstance(ids, np.ndarray) else ids
+        if arr.ndim == 0:
+            arr = arr.reshape(1)
+        if len(arr) == 0:
+            return np.zeros(0, dtype=np.int64)
+        if self.integer:
+            if arr.dtype.kind in "iu":
+                keys, ok = arr.astype(np.int64), np.ones(len(arr), dtype=bool)
+                if arr.dtype.kind == "u":
+                    ok = arr <= np.uint64(_INT64_MAX)
+            else:
+                keys, ok = id_keys(arr, integer=True)
+            pos = self._index.get_indexer(keys).astype(np.int64)
+            pos[~ok] = -1
+            return pos
+        canon = canonical_ids(arr)
+        pos = self._index.get_indexer(pd.Index(canon, dtype=object)).astype(np.int64)
+        pos[pd.isna(canon)] = -1
+        return pos
+
+    def get(self, user_id: Any) -> int | None:
+        """Position of one id, or None."""
+        p = int(self.get_indexer(np.array([user_id], dtype=object))[0])
+        return None if p < 0 else p

@@ -26,6 +26,7 @@ request, so the serving path can call :meth:`PrivacyPolicy.serving_gate` without
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
@@ -34,6 +35,7 @@ import numpy as np
 
 from bta._privacy_consent import (
     DEFAULT_SENSITIVE_CATEGORIES,
+    category_key,
     GATE_OK,
     SCREEN_OK,
     SCREEN_OPT_OUT,
@@ -49,24 +51,17 @@ from bta._privacy_consent import (
     tcf_purposes,
 )
 from bta._privacy_erasure import ErasureReceipt, erase
+from bta._privacy_gate import UNREADABLE, ConsentSignals, read_consent, read_number
 from bta.errors import ConfigError, SchemaError, check_param
+from bta.ids import canonical_id
 
 __all__ = [
     "PrivacyPolicy", "UserRegistry", "OptOutRegistry", "MinorRegistry", "SensitiveOptIns",
     "DEFAULT_SENSITIVE_CATEGORIES", "tcf_purposes", "pseudonymize", "GATE_OK",
+    "category_key", "canonical_id", "ConsentSignals", "read_consent",
     "SCREEN_OK", "SCREEN_OPT_OUT", "SCREEN_UNDER_AGE", "SCREEN_SENSITIVE", "SCREEN_REASONS",
     "ErasureReceipt", "erase",
 ]
-
-
-def _members(ids: Any, registry: Any) -> np.ndarray:
-    """Which of ``ids`` (a pandas Index of objects) are in ``registry`` (a cached snapshot
-    index): a probe of the registry's hash table per id; ``isin`` (which hashes the whole
-    registry each call) only where pandas sees duplicates in it (ids pandas equates, such as
-    two NaN objects, that a Python set keeps apart)."""
-    if registry.is_unique:
-        return np.asarray(registry.get_indexer(ids) >= 0)
-    return np.asarray(ids.isin(registry))
 
 
 # Characters that cannot be part of a bare feature name in rule text or a name pattern.
@@ -80,16 +75,26 @@ class PrivacyPolicy:
     Parameters
     ----------
     sensitive_categories : iterable of str
-        Categories kept out of profiles and segment definitions (case-insensitive).
+        Categories kept out of profiles and segment definitions, compared on their
+        :func:`category_key` (case, spacing, separators and invisible characters do not
+        matter: ``"Mental-Health "`` is ``mental_health``).
     allowed_sensitive : iterable of str
         Sensitive categories explicitly allowed, for users with opt-in consent only.
     min_age : int, default 16
         Users younger than this (when the request states an age) get untargeted ads.
     required_purposes : iterable of int, default (3, 4)
         TCF purposes a personalised ad needs.
+    tcf_vendor_id : int, optional
+        This ad server's vendor id in the IAB Global Vendor List. When set, a personalised ad
+        also needs the user's consent for this vendor in the TC string's vendor consent
+        section (TCF requires purpose *and* vendor consent); a request whose consent gives
+        purposes but no vendor consents is then ``no_consent``.
     require_consent_signal : bool, default False
         When True, a request with no consent signal at all is treated as no consent (strict
-        GDPR-region setting); when False, absent signals mean the regulation does not apply.
+        GDPR-region setting, like Prebid Server's ``gdpr.default_value = 1``); when False, a
+        request that says nothing (no ``gdpr``, no TC string, no purposes) is taken to come
+        from where GDPR does not apply. An explicit ``gdpr = 1`` always requires consent, and
+        any signal that is given is always judged.
     opt_outs : OptOutRegistry or iterable
         Users who objected to profiling.
     minors : MinorRegistry or iterable
@@ -100,9 +105,11 @@ class PrivacyPolicy:
 
     Notes
     -----
-    The registries are shared, mutable objects (a change takes effect at once everywhere the
-    policy is used); the rest of the policy is frozen. Two policies compare equal when their
-    rules are equal, whatever their registries hold.
+    Every registry compares user ids in their canonical form (:mod:`bta.ids`): ``923`` and
+    ``"923"`` are one user, ``"0923"`` another. The registries are shared, mutable objects (a
+    change takes effect at once everywhere the policy is used); the rest of the policy is
+    frozen. Two policies compare equal when their rules are equal, whatever their registries
+    hold.
     """
 
     sensitive_categories: frozenset = DEFAULT_SENSITIVE_CATEGORIES
@@ -113,23 +120,41 @@ class PrivacyPolicy:
     opt_outs: OptOutRegistry = field(default_factory=OptOutRegistry, compare=False)
     minors: MinorRegistry = field(default_factory=MinorRegistry, compare=False)
     sensitive_opt_ins: SensitiveOptIns = field(default_factory=SensitiveOptIns, compare=False)
+    tcf_vendor_id: int | None = None
 
     def __post_init__(self) -> None:
-        sens = frozenset(str(c).lower() for c in self.sensitive_categories)
-        allowed = frozenset(str(c).lower() for c in self.allowed_sensitive)
+        for name in ("sensitive_categories", "allowed_sensitive"):
+            value = getattr(self, name)
+            if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+                raise ConfigError(f"{name} must be an iterable of category names, got "
+                                  f"{type(value).__name__}")
+        sens = frozenset(k for k in map(category_key, self.sensitive_categories) if k)
+        allowed = frozenset(k for k in map(category_key, self.allowed_sensitive) if k)
         unknown = sorted(allowed - sens)
         if unknown:
             raise ConfigError(f"allowed_sensitive names categories that are not sensitive: "
                               f"{unknown}")
         object.__setattr__(self, "sensitive_categories", sens)
         object.__setattr__(self, "allowed_sensitive", allowed)
+        object.__setattr__(self, "_blocked", tuple(sorted(sens - allowed)))
         check_param("min_age", self.min_age,
-                    isinstance(self.min_age, (int, np.integer)) and 0 <= self.min_age <= 120,
+                    isinstance(self.min_age, (int, np.integer)) and
+                    not isinstance(self.min_age, bool) and 0 <= self.min_age <= 120,
                     "an integer age between 0 and 120")
-        purposes = frozenset(int(p) for p in self.required_purposes)
         check_param("required_purposes", self.required_purposes,
-                    all(1 <= p <= 24 for p in purposes), "TCF purpose numbers between 1 and 24")
-        object.__setattr__(self, "required_purposes", purposes)
+                    not isinstance(self.required_purposes, (str, bytes))
+                    and isinstance(self.required_purposes, Iterable)
+                    and all(isinstance(p, (int, np.integer)) and not isinstance(p, bool)
+                            and 1 <= p <= 24 for p in self.required_purposes),
+                    "TCF purpose numbers between 1 and 24")
+        object.__setattr__(self, "required_purposes",
+                           frozenset(int(p) for p in self.required_purposes))
+        check_param("tcf_vendor_id", self.tcf_vendor_id, self.tcf_vendor_id is None or (
+            isinstance(self.tcf_vendor_id, (int, np.integer))
+            and not isinstance(self.tcf_vendor_id, bool) and 1 <= self.tcf_vendor_id <= 65_535),
+            "None or a Global Vendor List id between 1 and 65535")
+        check_param("require_consent_signal", self.require_consent_signal,
+                    isinstance(self.require_consent_signal, (bool, np.bool_)), "a bool")
         for name, cls in (("opt_outs", OptOutRegistry), ("minors", MinorRegistry),
                           ("sensitive_opt_ins", SensitiveOptIns)):
             value = getattr(self, name)
@@ -142,9 +167,9 @@ class PrivacyPolicy:
 
     # ---- profiling ------------------------------------------------------------------------------
     def is_blocked_category(self, category: Any) -> bool:
-        """True when events in ``category`` must not enter profiles (no opt-in exemption)."""
-        c = str(category).lower()
-        return c in self.sensitive_categories and c not in self.allowed_sensitive
+        """True when events in ``category`` must not enter profiles (no opt-in exemption);
+        compared on :func:`category_key`."""
+        return category_key(category) in self._blocked
 
     def blocked_categories(self, categories: Iterable[Any]) -> tuple:
         """The categories of a vocabulary that must stay out of profiles."""
@@ -155,15 +180,19 @@ class PrivacyPolicy:
 
         Feature names are ``:``-separated (``count:page_view:health:7d``,
         ``recency:ad_click:health``; see :meth:`FeatureSpec.cell_feature_name`); a name carries
-        category ``c`` when ``c`` is one of its ``:``-separated runs, compared case-insensitively.
-        A bare category name carries itself. Wildcards never match a category here: they are
-        resolved against a feature layout, which :meth:`feature_spec` keeps free of blocked
-        categories.
+        category ``c`` when the :func:`category_key` of one of its ``:``-separated runs (or of
+        the whole name) is ``c``'s, so ``count:page_view: Mental-Health:7d`` carries
+        ``mental_health``. Wildcards never match a category here: they are resolved against a
+        feature layout, which :meth:`feature_spec` keeps free of blocked categories.
         """
-        text = ":" + str(name).lower() + ":"
-        for c in sorted(self.sensitive_categories - self.allowed_sensitive):
-            if ":" + c + ":" in text:
-                return c
+        if not self._blocked:
+            return None
+        text = name if type(name) is str else str(name)
+        blocked = self._blocked
+        for part in (text, *text.split(":")):
+            k = category_key(part)
+            if k in blocked:
+                return k
         return None
 
     def blocked_in_definition(self, definition: Any) -> list[tuple[str, str]]:
@@ -201,15 +230,18 @@ class PrivacyPolicy:
     def note_age(self, user_id: Any, age: float) -> bool:
         """Register ``user_id`` as a minor when ``age`` is below ``min_age``; True if so.
 
-        An age that is not a finite number counts as under age (fail closed).
+        An age that is not a finite number (``inf``, NaN, ``"1e999"``, unreadable text, a bool)
+        counts as under age (fail closed); numeric text such as ``"12"`` is read as a number.
         """
-        try:
-            minor = isinstance(age, bool) or not float(age) >= self.min_age
-        except (TypeError, ValueError):
-            minor = True
+        minor = self.is_under_age(age)
         if minor:
             self.minors.add(user_id)
         return minor
+
+    def is_under_age(self, age: Any) -> bool:
+        """True unless ``age`` (a number or numeric text) is finite and at least ``min_age``."""
+        a = read_number(age)
+        return a is None or a is UNREADABLE or not (math.isfinite(a) and a >= self.min_age)
 
     def screen_events(self, user_ids: Any, categories: Any) -> np.ndarray:
         """Whether each event may enter a profile, as a screening code per row.
@@ -217,10 +249,11 @@ class PrivacyPolicy:
         Parameters
         ----------
         user_ids : array-like of shape (n_events,)
-            User id of each event (the ids the registries hold).
+            User id of each event, compared with the registries in canonical form
+            (:mod:`bta.ids`: ``923`` and ``"923"`` are one user).
         categories : array-like of shape (n_events,)
-            Content category of each event (case-insensitive). A missing category (None/NaN)
-            is not sensitive.
+            Content category of each event, compared on its :func:`category_key`. A missing
+            category (None/NaN) is not sensitive.
 
         Returns
         -------
@@ -275,14 +308,13 @@ class PrivacyPolicy:
         # per distinct category: 0 not sensitive, 1 blocked, 2 allowed with the user's opt-in
         n_cat = len(cat_uniques)
         cstat = np.zeros(n_cat + 1, dtype=np.int8)  # last slot: missing category (code -1)
-        cnames = [str(c).lower() for c in cat_uniques]
+        cnames = [category_key(c) for c in cat_uniques]
         for j, c in enumerate(cnames):
             if c in self.sensitive_categories:
                 cstat[j] = 2 if c in self.allowed_sensitive else 1
-        # registries as indexes cached per change: a batch costs its distinct users, not the
-        # registry's size (a snapshot, taken once, serves both the test and the membership)
-        opt_outs = self.opt_outs.snapshot_index() if len(self.opt_outs) else ()
-        minors = self.minors.snapshot_index() if len(self.minors) else ()
+        # registries are probed per distinct user through indexes cached per change: a batch
+        # costs its distinct users, not the registry's size
+        opt_outs, minors = self.opt_outs, self.minors
         if not (cstat.any() or len(opt_outs) or len(minors)):
             return out
         row_cstat = cstat[cat_codes]  # code -1 indexes the trailing 0 slot
@@ -304,14 +336,12 @@ class PrivacyPolicy:
                     uuniq[uj])
             out[rows[~granted[pinv.ravel()]]] = SCREEN_SENSITIVE
         if len(opt_outs) or len(minors):
-            import pandas as pd
-
             ustat = np.zeros(len(uuniq) + 1, dtype=np.int8)  # last slot: missing user id
-            index = pd.Index(np.asarray(uuniq, dtype=object))  # Python equality, one hash pass
+            uarr = uuniq if isinstance(uuniq, np.ndarray) else np.asarray(uuniq, dtype=object)
             if len(minors):
-                ustat[:-1][_members(index, minors)] = SCREEN_UNDER_AGE
+                ustat[:-1][minors.members(uarr)] = SCREEN_UNDER_AGE
             if len(opt_outs):  # written last: an opt-out is the first reason that applies
-                ustat[:-1][_members(index, opt_outs)] = SCREEN_OPT_OUT
+                ustat[:-1][opt_outs.members(uarr)] = SCREEN_OPT_OUT
             row_ustat = ustat[ucodes]
             out = np.where(row_ustat > 0, row_ustat, out).astype(np.int8, copy=False)
         return out
@@ -323,6 +353,18 @@ class PrivacyPolicy:
         deny = tuple(dict.fromkeys(tuple(spec.deny_categories)
                                    + self.blocked_categories(categories)))
         return replace(spec, deny_categories=deny)
+
+    def screened_spellings(self, categories: Iterable[Any]) -> dict[str, list]:
+        """The raw spellings among ``categories`` that screening blocks, by category key.
+
+        For a report of what was screened (``{"health": ["Health ", "health\u200b"]}``).
+        """
+        out: dict[str, list] = {}
+        for c in dict.fromkeys(categories):
+            k = category_key(c)
+            if k in self._blocked:
+                out.setdefault(k, []).append(c)
+        return out
 
     def erase(self, user_id: Any) -> bool:
         """Withdraw the user's sensitive opt-ins (consent data about them); True if any.
@@ -338,32 +380,53 @@ class PrivacyPolicy:
     def serving_gate(self, user_id: Any, consent: Mapping[str, Any] | None) -> str:
         """Why this request may not be targeted, or ``"ok"``. Never raises.
 
-        ``consent`` keys (all optional): ``opt_out`` (bool), ``age`` (number), ``gdpr`` (0/1,
-        OpenRTB ``regs.gdpr``), ``tcf`` (TCF v2 consent string), ``purposes`` (iterable of
-        granted purpose numbers, when the caller decoded them), ``coppa`` (0/1).
+        Parameters
+        ----------
+        user_id : object
+            Compared with the registries in canonical form (:mod:`bta.ids`).
+        consent : mapping, ConsentSignals or None
+            The request's signals; the shapes each key accepts are listed in
+            :mod:`bta._privacy_gate` (``opt_out``, ``gpc``, ``coppa``, ``age``, ``gdpr``,
+            ``tcf``, ``purposes``, ``vendors``, ``gpp``, ``gpp_sid``, ``us_privacy``). Pass
+            :func:`read_consent`'s result to decode a request's signals once for several
+            decisions.
+
+        Returns
+        -------
+        str
+            The first reason that applies, in this order: ``"opt_out"`` (registry, an opt-out
+            flag, GPC, ``us_privacy``), ``"under_age"`` (registry, COPPA, an age that is not a
+            finite number at least ``min_age``), ``"bad_consent"`` (a signal in a shape bta
+            does not read, a malformed TC or GPP string), the GPP sections' verdict
+            (``"opt_out"``, ``"no_consent"``, ``"bad_consent"``), ``"no_consent"`` (required
+            purposes or this vendor not granted, or GDPR applies and no consent is given);
+            else ``"ok"``.
         """
         try:
-            if user_id is not None and user_id in self.opt_outs:
+            if user_id is not None:
+                k = user_id if type(user_id) is str else canonical_id(user_id)
+                if k is not None:
+                    if k in self.opt_outs:
+                        return "opt_out"
+                    if k in self.minors:
+                        return "under_age"
+            d = read_consent(consent).decoded
+            if d.opt_out:
                 return "opt_out"
-            if user_id is not None and user_id in self.minors:
+            if d.coppa or (d.age is not None and self.is_under_age(d.age)):
                 return "under_age"
-            c = consent or {}
-            if c.get("opt_out"):
-                return "opt_out"
-            if c.get("coppa"):
-                return "under_age"
-            age = c.get("age")
-            # "not >=" also catches NaN and fails closed
-            if age is not None and (isinstance(age, bool) or not float(age) >= self.min_age):
-                return "under_age"
-            purposes = c.get("purposes")
-            tcf = c.get("tcf")
-            if purposes is None and tcf is not None:
-                purposes = tcf_purposes(tcf) or frozenset()
-            if purposes is not None:
-                granted = {int(p) for p in purposes}
-                return "no_consent" if not self.required_purposes <= granted else GATE_OK
-            if c.get("gdpr") or self.require_consent_signal:
+            if d.bad is not None:
+                return d.bad
+            if d.gpp_reason is not None:
+                return d.gpp_reason
+            if d.purposes is not None:
+                if not self.required_purposes <= d.purposes:
+                    return "no_consent"
+                if self.tcf_vendor_id is not None and (
+                        d.vendor_consent is None or not d.vendor_consent(self.tcf_vendor_id)):
+                    return "no_consent"
+                return GATE_OK
+            if d.gdpr or (d.gdpr is None and self.require_consent_signal):
                 return "no_consent"
             return GATE_OK
         except Exception:  # noqa: BLE001 - a malformed signal must fail closed, not raise

@@ -433,7 +433,7 @@ def test_erase_everywhere_leaves_nothing(redis_server, redis_prefix):
     w = _erasure_world(redis_server, redis_prefix)
     u = "user3"
     assert w["engine"].decide({"user_id": u, "ts": T_SERVE}).targeted  # builds cap history
-    assert any(k.endswith(":u:s" + u) for k in _redis_keys(redis_server))
+    assert any(k.endswith(":id:" + u) for k in _redis_keys(redis_server))
     places = (w["log"], w["prof"], w["memory"], w["redis"], w["book"], w["engine"], w["policy"])
     receipt = erase(u, *places)
     assert isinstance(receipt, ErasureReceipt)

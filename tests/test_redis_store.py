@@ -497,7 +497,7 @@ def test_erase_leaves_no_key_and_no_membership(redis_server, redis_prefix, world
     client = redis.Redis.from_url(redis_server)
     try:
         def keys_of(user):
-            suffix = f":u:i{user}".encode()
+            suffix = f":id:{user}".encode()
             return [k for k in client.scan_iter(match=f"{redis_prefix}:*", count=1000)
                     if k.endswith(suffix)]
 
@@ -512,7 +512,7 @@ def test_erase_leaves_no_key_and_no_membership(redis_server, redis_prefix, world
         # the only keys left under the prefix are other users' profiles and the layout set
         left = {k.decode() for k in client.scan_iter(match=f"{redis_prefix}:*", count=1000)}
         assert f"{redis_prefix}:layouts" in left
-        assert all(k == f"{redis_prefix}:layouts" or ":u:" in k for k in left)
+        assert all(k == f"{redis_prefix}:layouts" or ":id:" in k for k in left)
     finally:
         client.close()
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -13,6 +13,7 @@ import scipy.sparse as sp
 from bta.errors import UnknownNameError
 from bta.features._kernels import USER_FEATURES
 from bta.features.spec import FeatureSpec
+from bta.ids import IdIndex
 
 __all__ = ["FeatureMatrix", "Layout", "layout_for"]
 
@@ -159,13 +160,34 @@ class FeatureMatrix:
             "value": coo.data,
         })
 
+    def user_rows(self, user_ids: Any) -> np.ndarray:
+        """Rows of ``user_ids`` (a scalar or an array; -1 where unknown), found by canonical
+        id (:mod:`bta.ids`: on integer ids ``"923"`` finds user 923)."""
+        index = self.__dict__.get("_user_rows")
+        if index is None:
+            index = self.__dict__["_user_rows"] = IdIndex(self.users)
+        return index.get_indexer(np.atleast_1d(np.asarray(user_ids, dtype=object)).ravel())
+
     def row(self, user_id: Any) -> dict[str, float]:
         """The defined features of one user as a dict (stored entries only)."""
-        hit = np.flatnonzero(self.users == user_id)
-        if hit.size == 0:
+        hit = int(self.user_rows(np.array([user_id], dtype=object))[0])
+        if hit < 0:
             raise UnknownNameError(f"unknown user {user_id!r}: not in this FeatureMatrix")
-        r = self.X.getrow(int(hit[0]))
+        r = self.X.getrow(hit)
         return {self.feature_names[j]: float(v) for j, v in zip(r.indices, r.data)}
+
+    def erase(self, user_ids: Any) -> "FeatureMatrix":
+        """A new matrix without the rows of ``user_ids`` (a scalar or a list, compared in
+        canonical form; unknown ids ignored). Returns ``self`` when none is held.
+
+        For :func:`bta.privacy.erase`, which puts the new matrix in ``receipt.results``.
+        """
+        rows = self.user_rows(user_ids)
+        keep = np.ones(self.n_users, dtype=bool)
+        keep[rows[rows >= 0]] = False
+        if keep.all():
+            return self
+        return replace(self, X=sp.csr_matrix(self.X[keep]), users=self.users[keep])
 
     def _dense(self, sub: sp.spmatrix, nan_absent: np.ndarray) -> np.ndarray:
         sub = sp.csc_matrix(sub)

@@ -23,6 +23,7 @@ import scipy.sparse as sp
 
 from bta.errors import ConfigError, check_param
 from bta.events import EventLog, to_epoch_ms, to_millis
+from bta.ids import canonical_id, canonical_ids, int_key
 from bta.features import _kernels as K
 from bta.features import _online_kernels as OK_
 from bta.features.batch import event_slots
@@ -173,7 +174,9 @@ class OnlineProfiles:
         self.retention_ms = None if retention is None else _duration_ms(retention, "retention")
         self._lock = threading.RLock()
         self._extra_events = () if event_types is None else tuple(event_types)
-        self._user_ids: list[Any] = []
+        self._user_ids: list[Any] = []  # per slot: the id as it arrived (None: free slot)
+        # id key -> slot; keys are ints while every id is an integer, else canonical text
+        # (bta.ids), so 923 and "923" are one user whatever type each batch brings
         self._user_slot: dict[Any, int] = {}
         # slots of erased or expired users (a stack: the last freed is reused first)
         self._free = np.zeros(0, dtype=np.int64)
@@ -240,14 +243,19 @@ class OnlineProfiles:
             new = np.flatnonzero(is_new)
             if new.size:
                 self._n_free = int(n_free)
-                self._register(ids[new].tolist(), slots[new].tolist())
+                new_ids = ids[new].tolist()
+                self._register(new_ids, slots[new].tolist(), new_ids)
             return slots
-        if ids.dtype.kind not in "iu" and self._int_ids:
-            self._int_ids = False  # mixed id types: the Python dict alone is the truth
+        if self._int_ids:
+            # text ids: the Python dict alone is the truth from now on, keyed canonically
+            self._int_ids = False
             self._hkeys = self._hvals = np.zeros(0, dtype=np.int64)
+            self._user_slot = {str(k): v for k, v in self._user_slot.items()}
         get = self._user_slot.get
         ids_list = ids.tolist()
-        slots = np.fromiter((get(u, -1) for u in ids_list), dtype=np.int64, count=len(ids_list))
+        keys = ids_list if pd.api.types.infer_dtype(ids, skipna=False) == "string" \
+            else canonical_ids(ids).tolist()
+        slots = np.fromiter((get(u, -1) for u in keys), dtype=np.int64, count=len(keys))
         new = np.flatnonzero(slots < 0)
         if new.size:
             n_slots = len(self._user_ids)
@@ -256,7 +264,8 @@ class OnlineProfiles:
             self._n_free -= take
             slots[new] = np.asarray(reused + list(range(n_slots, n_slots + new.size - take)),
                                     dtype=np.int64)
-            self._register([ids_list[i] for i in new], slots[new].tolist())
+            self._register([ids_list[i] for i in new], slots[new].tolist(),
+                           [keys[i] for i in new])
         return slots
 
     def _rehash(self, n_keys: int) -> None:
@@ -268,7 +277,7 @@ class OnlineProfiles:
         OK_.rehash(self._hkeys, self._hvals, keys, vals)
         self._hkeys, self._hvals = keys, vals
 
-    def _register(self, ids: list, slots: list) -> None:
+    def _register(self, ids: list, slots: list, keys: list) -> None:
         n_slots = len(self._user_ids)
         if slots and slots[0] == n_slots and slots[-1] == n_slots + len(slots) - 1:
             self._user_ids.extend(ids)  # all fresh (the common case): no per-id Python loop
@@ -278,7 +287,22 @@ class OnlineProfiles:
                     self._user_ids[s] = u
                 else:  # fresh slots come in increasing order
                     self._user_ids.append(u)
-        self._user_slot.update(zip(ids, slots))
+        self._user_slot.update(zip(keys, slots))
+
+    def _key(self, user_id: Any) -> Any:
+        """The key of ``user_id`` in ``_user_slot`` (None: it can name no user here)."""
+        if self._int_ids:
+            if type(user_id) is int:
+                return user_id
+            if isinstance(user_id, np.integer) and not isinstance(user_id, np.bool_):
+                return int(user_id)
+            return int_key(canonical_id(user_id))
+        return user_id if type(user_id) is str else canonical_id(user_id)
+
+    def _slot(self, user_id: Any) -> int | None:
+        """The slot of ``user_id`` in canonical form, or None for an unknown id."""
+        k = self._key(user_id)
+        return None if k is None else self._user_slot.get(k)
 
     @property
     def n_users(self) -> int:
@@ -288,7 +312,7 @@ class OnlineProfiles:
     @property
     def users(self) -> np.ndarray:
         """Ids of the users with a profile, in slot order."""
-        return np.asarray([u for u in self._user_ids if u is not None and u in self._user_slot],
+        return np.asarray([u for u in self._user_ids if u is not None],
                           dtype=object)
 
     # ---- updates -------------------------------------------------------------------------------
@@ -514,10 +538,10 @@ class OnlineProfiles:
         """
         with self._lock:
             if users is None:
-                ids = sorted(self._user_slot, key=_id_key)
+                ids = sorted((u for u in self._user_ids if u is not None), key=_id_key)
             else:
                 ids = list(users)
-            slots = np.array([self._user_slot.get(u, -1) for u in ids], dtype=np.int64)
+            slots = self._slots_of(ids)
             known = slots[slots >= 0]
             U = self._U
             latest = int(U[known, K.U_LAST_TS].max()) if known.size else 0
@@ -576,15 +600,12 @@ class OnlineProfiles:
         it, one beyond the int64 range lowered to its maximum; one that is not an integer time
         (NaN, text) reads no profile (None).
         """
-        try:
-            s = self._user_slot.get(user_id)
-        except TypeError:  # an unhashable id from a request: unknown, never an error
-            return None
+        s = self._slot(user_id)  # canonical form: never raises, an unhashable id is no id
         if s is None:
             return None
         with self._lock:
             U = self._U
-            if self._user_slot.get(user_id) != s or U.item(s, K.U_N_EVENTS) == 0:
+            if self._slot(user_id) != s or U.item(s, K.U_N_EVENTS) == 0:
                 return None  # erased meanwhile, or no counted event
             last = U.item(s, K.U_LAST_TS)
             t = last
@@ -685,18 +706,11 @@ class OnlineProfiles:
         return indptr, indices, data, found
 
     def _slots_of(self, ids: list) -> np.ndarray:
-        """Slots of ``ids`` (-1: unknown or unhashable); called holding the lock."""
+        """Slots of ``ids`` in canonical form (-1: unknown, or no id); called holding the lock."""
         get = self._user_slot.get
-        try:
-            return np.fromiter((get(u, -1) for u in ids), dtype=np.int64, count=len(ids))
-        except TypeError:  # an unhashable id: unknown, as in vector
-            out = np.empty(len(ids), dtype=np.int64)
-            for i, u in enumerate(ids):
-                try:
-                    out[i] = get(u, -1)
-                except TypeError:
-                    out[i] = -1
-            return out
+        key = self._key
+        return np.fromiter((-1 if (k := key(u)) is None else get(k, -1) for u in ids),
+                           dtype=np.int64, count=len(ids))
 
     def _emit(self, slots: np.ndarray, as_of_ms: int):
         layout = self.layout
@@ -710,7 +724,7 @@ class OnlineProfiles:
 
     def last_event_time(self, user_id: Any) -> pd.Timestamp | None:
         """Time of the user's latest event, or None for an unknown user."""
-        s = self._user_slot.get(user_id)
+        s = self._slot(user_id)
         if s is None or self._U[s, K.U_N_EVENTS] == 0:
             return None
         return pd.Timestamp(int(self._U[s, K.U_LAST_TS]), unit="ms", tz="UTC")
@@ -725,10 +739,10 @@ class OnlineProfiles:
         are skipped, but only ``erase`` removes what was already folded in.
         """
         with self._lock:
-            s = self._user_slot.get(user_id)
+            s = self._slot(user_id)
             if s is None:
                 return False
-            self._forget([user_id], np.array([s], dtype=np.int64))
+            self._forget([self._user_ids[s]], np.array([s], dtype=np.int64))
             return True
 
     def expire(self, older_than: Any, as_of: Any = None) -> int:
@@ -774,7 +788,7 @@ class OnlineProfiles:
         if self._int_ids:
             OK_.hash_delete(np.asarray(ids).astype(np.int64), self._hkeys, self._hvals)
         for u, s in zip(ids, slots.tolist()):
-            del self._user_slot[u]
+            del self._user_slot[self._key(u)]
             self._user_ids[s] = None
         need = self._n_free + slots.shape[0]
         if need > self._free.shape[0]:

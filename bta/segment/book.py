@@ -12,6 +12,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from bta.errors import ConfigError, SchemaError, UnknownNameError, check_param
+from bta.ids import IdIndex
 from bta.privacy import PrivacyPolicy
 
 __all__ = ["Segment", "SegmentBook", "FORMAT_VERSION", "DEFAULT_MIN_AUDIENCE"]
@@ -136,7 +137,7 @@ class SegmentBook:
                                   f"category in PrivacyPolicy(allowed_sensitive=...) and the "
                                   f"users' opt-in")
         object.__setattr__(self, "_name_index", {n: i for i, n in enumerate(self.names)})
-        object.__setattr__(self, "_user_index", pd.Index(self.users))
+        object.__setattr__(self, "_user_index", None)  # built on first lookup (_rows_of)
 
     # ---- construction --------------------------------------------------------------------------
     @classmethod
@@ -177,8 +178,7 @@ class SegmentBook:
         Segment sizes shrink accordingly, so a segment may fall below ``min_audience`` and
         stop being activatable.
         """
-        ids = np.atleast_1d(np.asarray(user_ids, dtype=object)).ravel()
-        rows = self._user_index.get_indexer(pd.Index(ids, dtype=object))
+        rows = self._rows_of(user_ids)
         keep = np.ones(self.n_users, dtype=bool)
         keep[rows[rows >= 0]] = False
         if keep.all():
@@ -188,6 +188,17 @@ class SegmentBook:
                            min_audience=self.min_audience, privacy=self.privacy)
 
     # ---- queries -------------------------------------------------------------------------------
+    def _rows_of(self, user_ids: Any) -> np.ndarray:
+        """Rows of ``user_ids`` (a scalar or an array; -1 where unknown), found by canonical
+        id (:mod:`bta.ids`: ``923`` finds user ``"923"``)."""
+        index = self._user_index
+        if index is None:
+            index = IdIndex(self.users)
+            object.__setattr__(self, "_user_index", index)
+        ids = np.atleast_1d(np.asarray(user_ids, dtype=object)).ravel() \
+            if not isinstance(user_ids, np.ndarray) else user_ids.ravel()
+        return index.get_indexer(ids)
+
     @property
     def n_users(self) -> int:
         return len(self.users)
@@ -232,7 +243,7 @@ class SegmentBook:
 
     def segments_of(self, user_id: Any) -> list[str]:
         """Names of the segments ``user_id`` belongs to (empty for an unknown user)."""
-        pos = self._user_index.get_indexer([user_id])[0]
+        pos = self._rows_of(np.array([user_id], dtype=object))[0]
         if pos < 0:
             return []
         row = self.membership.getrow(pos)

@@ -4,15 +4,21 @@
 
 - ``id``: the request id; each impression's decision gets ``"{id}:{imp.id}"``;
 - ``user.id``, else ``user.buyeruid``: the user id (experiment unit and profile key);
-- ``user.consent``, else ``user.ext.consent``: the TCF v2 consent string;
-- ``regs.gdpr``, else ``regs.ext.gdpr``: GDPR applies (consent is then required); any value
-  but an explicit 0 counts as 1;
-- ``regs.coppa``: child-directed, never targeted;
-- ``regs.us_privacy`` with ``Y`` as third character (opted out of sale), ``device.lmt`` = 1
-  (limit ad tracking), ``device.ext.atts`` 1 or 2 (App Tracking Transparency restricted or
-  denied): an opt-out;
-- ``user.ext.age`` or ``device.ext.age``, else ``user.yob``: the age; from a year of birth the
-  youngest the user can be (``year of the decision - yob - 1``);
+- privacy signals, decoded once per request (:func:`bta.privacy.read_consent`; the accepted
+  shapes are listed in :mod:`bta._privacy_gate`, anything else fails closed):
+  ``user.consent`` (else ``user.ext.consent``): the TCF v2 TC string; ``regs.gdpr`` (else
+  ``regs.ext.gdpr``): GDPR applies, consent is then required (absent: see
+  :class:`~bta.privacy.PrivacyPolicy`'s ``require_consent_signal``; unreadable: applies);
+  ``regs.gpp`` with ``regs.gpp_sid`` (else in ``regs.ext``): the GPP string and its
+  applicable sections (TCF EU, US National and state sections); ``regs.ext.gpc``: Global
+  Privacy Control, an opt-out; ``regs.us_privacy`` (else ``regs.ext.us_privacy``): ``Y`` as
+  third character is an opt-out; ``regs.coppa``: child-directed, never targeted;
+  ``device.lmt`` or ``device.dnt`` set, ``device.ext.atts`` 1 or 2 (App Tracking
+  Transparency restricted or denied): an opt-out. Flags count in every type (``1``, ``"1"``,
+  ``true``);
+- ``user.ext.age`` or ``device.ext.age``, else ``user.yob``: the age (a number or numeric
+  text); from a year of birth the youngest the user can be (``year of the decision - yob -
+  1``); an unreadable age or year is under age;
 - ``site.cat``, ``site.content.cat``, ``app.cat``, ``app.content.cat``: content categories,
   passed to the Engine as the ``page_category`` context; ``site.domain`` (else ``site.id``)
   and ``app.bundle`` (else ``app.id``) as ``site`` / ``app``; ``device.geo.country`` as
@@ -38,6 +44,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
+from bta._privacy_gate import UNREADABLE, ConsentSignals, read_consent, read_flag, read_number
 from bta.serve.engine import Decision, Engine, Request
 
 __all__ = ["decide_openrtb", "user_data", "NBR_UNKNOWN", "NBR_TECHNICAL_ERROR",
@@ -66,15 +73,6 @@ def _id(x: Any) -> str | None:
         x = str(x)
     if isinstance(x, str) and 0 < len(x) <= _MAX_ID:
         return x
-    return None
-
-
-def _flag(x: Any) -> bool | None:
-    """OpenRTB 0/1 integer flag: True, False, or None when absent or unreadable."""
-    if isinstance(x, bool):
-        return x
-    if isinstance(x, (int, float)) and not isinstance(x, bool) and x in (0, 1):
-        return bool(x)
     return None
 
 
@@ -113,50 +111,55 @@ def _context(req: Mapping[str, Any]) -> dict[str, Any]:
     return ctx
 
 
-def _consent(req: Mapping[str, Any], now_ms: int) -> dict[str, Any]:
-    """The Engine's consent mapping (see :meth:`PrivacyPolicy.serving_gate`) from the request."""
+def _consent(req: Mapping[str, Any], now_ms: int) -> ConsentSignals:
+    """The request's privacy signals, decoded once for all its impressions.
+
+    Every flag and number is read in any type producers send (``1``, ``"1"``, ``True``;
+    ``"12"`` for an age; see :mod:`bta._privacy_gate`), and every unreadable value fails
+    closed.
+    """
     user = _obj(req.get("user"))
     regs = _obj(req.get("regs"))
     device = _obj(req.get("device"))
+    regs_ext, user_ext, device_ext = (_obj(regs.get("ext")), _obj(user.get("ext")),
+                                      _obj(device.get("ext")))
     c: dict[str, Any] = {}
-    raw_gdpr = regs.get("gdpr")
-    if raw_gdpr is None:
-        raw_gdpr = _obj(regs.get("ext")).get("gdpr")
-    if raw_gdpr is not None:
-        # anything but an explicit 0 means the regulation may apply: fail closed
-        c["gdpr"] = 0 if _flag(raw_gdpr) is False else 1
-    tcf = user.get("consent")
-    if tcf is None:
-        tcf = _obj(user.get("ext")).get("consent")
-    if tcf is not None:
-        # a non-string consent is unreadable: the gate decodes it to no purposes, i.e. no
-        # consent, rather than treating it as absent
-        c["tcf"] = tcf if isinstance(tcf, str) else ""
-    if regs.get("coppa") is not None and _flag(regs.get("coppa")) is not False:
-        c["coppa"] = 1  # any value but an explicit 0 fails closed
-    usp = regs.get("us_privacy")
-    if usp is None:
-        usp = _obj(regs.get("ext")).get("us_privacy")
-    if isinstance(usp, str) and len(usp) == 4 and usp[2].upper() == "Y":
+    for key, first, second in (("gdpr", regs, regs_ext), ("us_privacy", regs, regs_ext),
+                               ("gpp", regs, regs_ext), ("gpp_sid", regs, regs_ext),
+                               ("tcf", user, user_ext)):
+        name = "consent" if key == "tcf" else key
+        v = first.get(name)
+        if v is None:
+            v = second.get(name)
+        if v is not None:
+            c[key] = v
+    if regs.get("coppa") is not None:
+        c["coppa"] = regs.get("coppa")
+    if regs_ext.get("gpc") is not None:
+        c["gpc"] = regs_ext.get("gpc")
+    # limit ad tracking, do not track: set (or unreadable) means no targeting
+    opt_out = any(read_flag(device.get(k)) not in (None, False) for k in ("lmt", "dnt"))
+    atts = read_number(device_ext.get("atts"))
+    # App Tracking Transparency: 1 restricted, 2 denied (0 not determined, 3 authorized)
+    if atts is UNREADABLE or atts in (1.0, 2.0):
+        opt_out = True
+    if opt_out:
         c["opt_out"] = True
-    if _flag(device.get("lmt")):
-        c["opt_out"] = True
-    atts = _number(_obj(device.get("ext")).get("atts"))
-    if atts in (1.0, 2.0):  # ATT restricted (1) or denied (2)
-        c["opt_out"] = True
-    age = _number(_obj(user.get("ext")).get("age"))
+    age = user_ext.get("age")
     if age is None:
-        age = _number(_obj(device.get("ext")).get("age"))
-    if age is None:
-        yob = _number(user.get("yob"))
-        if yob is not None:
+        age = device_ext.get("age")
+    if age is None and user.get("yob") is not None:
+        yob = read_number(user.get("yob"))
+        if yob is UNREADABLE or yob != yob:
+            age = math.nan  # a year of birth that cannot be read: fail closed
+        else:
             year = datetime.fromtimestamp(now_ms / 1000.0, tz=timezone.utc).year
             # born late in yob, the user has not had this year's birthday yet: the youngest
             # possible age, so that the gate errs toward protecting a minor
             age = year - yob - 1
     if age is not None:
         c["age"] = age
-    return c
+    return read_consent(c)
 
 
 def _no_bid(rid: Any, nbr: int, reason: str, detail: str) -> dict[str, Any]:

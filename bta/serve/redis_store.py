@@ -18,8 +18,11 @@ Value layout (little-endian, never pickle)::
     values   float64 or float32[n_entries]
     segments ceil(n_segments / 8) bytes, a bitset over the store's segment names (LSB first)
 
-Keys are ``{prefix}:{layout}:u:{user}``, where ``layout`` is a fingerprint of the feature names
-and their ``nan_absent`` flags: a new feature layout reads no vector written for an old one. A
+Keys are ``{prefix}:{layout}:id:{user}``, where ``user`` is the canonical user id
+(:mod:`bta.ids`: ``923`` and ``"923"`` are one key, ``"0923"`` another) and ``layout`` is a
+fingerprint of the feature names and their ``nan_absent`` flags: a new feature layout reads no
+vector written for an old one. (Stores written before ids were canonical used ``:u:`` keys
+with a type tag; they are not read: publish again.) A
 value whose segment fingerprint differs from the reader's segment names (a new book published
 under the same feature layout) is read with no segment memberships: a stale bitset would put the
 user in the wrong audiences.
@@ -35,6 +38,7 @@ from typing import Any, Iterable, Literal, Sequence
 import numpy as np
 
 from bta.errors import ConfigError, SchemaError, StoreError, check_param
+from bta.ids import MAX_ID_CHARS, canonical_id
 from bta.events import to_millis
 from bta.serve.store import BookState, Profile, ProfileBlock
 
@@ -150,21 +154,19 @@ def _redis_module():
 
 
 def _user_key(user_id: Any) -> str:
-    # a type tag keeps int 1 and str "1" apart, as they are apart in every other store
-    if isinstance(user_id, (bool, np.bool_)):
-        raise ConfigError(f"user_id must be a str or int, got {user_id!r}")
-    if isinstance(user_id, (int, np.integer)):
-        return f"i{int(user_id)}"
-    if isinstance(user_id, str):
-        if not user_id.isascii():
-            try:
-                user_id.encode("utf-8")
-            except UnicodeEncodeError:  # a lone surrogate: no Redis key can hold it
-                raise ConfigError(f"user_id must be valid Unicode text, got {user_id!r}") \
-                    from None
-        return "s" + user_id
-    raise ConfigError(f"user_id must be a str or int, got {type(user_id).__name__} "
-                      f"{user_id!r}")
+    """The key part of a user: its canonical id (:mod:`bta.ids`), so ``923`` and ``"923"``
+    read and write one profile, as in every other store."""
+    k = user_id if type(user_id) is str else canonical_id(user_id)
+    if k is None or (type(user_id) is str and not 0 < len(user_id) <= MAX_ID_CHARS):
+        raise ConfigError(f"user_id must be a str or int (see bta.ids), got "
+                          f"{type(user_id).__name__} {user_id!r:.80}")
+    if not k.isascii():
+        try:
+            k.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate: no Redis key can hold it
+            raise ConfigError(f"user_id must be valid Unicode text, got {user_id!r:.80}") \
+                from None
+    return k
 
 
 def _ms(value: float | int, name: str) -> float:
@@ -259,7 +261,7 @@ class RedisProfileStore(BookState):
         self.write_timeout_ms = _ms(write_timeout_ms, "write_timeout_ms")
         self._ttl_ms = None if ttl is None else to_millis(ttl, "ttl")
         self.layout = layout_fingerprint(names, nan)
-        self._key_prefix = f"{prefix}:{self.layout}:u:"
+        self._key_prefix = f"{prefix}:{self.layout}:id:"
         self._layouts_key = f"{prefix}:layouts"
         self._url = url
         self._book_state: tuple = ((), 0, None)
@@ -698,7 +700,7 @@ class RedisProfileStore(BookState):
             layouts = {x.decode() if isinstance(x, bytes) else str(x)
                        for x in w.smembers(self._layouts_key)}
             layouts.add(self.layout)
-            n = w.delete(*[f"{self.prefix}:{fp}:u:{ukey}" for fp in sorted(layouts)])
+            n = w.delete(*[f"{self.prefix}:{fp}:id:{ukey}" for fp in sorted(layouts)])
         except Exception as exc:  # noqa: BLE001
             raise StoreError(f"Redis erase of user {user_id!r} failed: {type(exc).__name__}: "
                              f"{exc}") from exc

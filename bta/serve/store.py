@@ -23,6 +23,7 @@ import numpy as np
 
 from bta.errors import ConfigError
 from bta.features import OnlineProfiles
+from bta.ids import canonical_id, canonical_ids
 from bta.segment.book import SegmentBook
 from bta.serve import _kernels as K
 
@@ -89,9 +90,19 @@ class BookState:
         return self._book_state[2]
 
 
+def id_rows(users: Any) -> dict:
+    """Canonical user id (:mod:`bta.ids`) -> row, for an array of distinct ids."""
+    return {u: i for i, u in enumerate(canonical_ids(users).tolist())}
+
+
+def row_of(rows: dict, user_id: Any) -> int | None:
+    """The row of ``user_id`` in an :func:`id_rows` table (by canonical form; never raises)."""
+    return rows.get(user_id if type(user_id) is str else canonical_id(user_id))
+
+
 def book_rows(book: SegmentBook) -> dict:
-    """User id -> row of ``book.membership``."""
-    return {u: i for i, u in enumerate(book.users.tolist())}
+    """Canonical user id -> row of ``book.membership``."""
+    return id_rows(book.users)
 
 
 def segment_flags(book: SegmentBook | None, row: int | None, n: int) -> np.ndarray:
@@ -141,7 +152,7 @@ class MemoryProfileStore(BookState):
         """The user's profile at ``as_of_ms`` (epoch ms), or None for an unknown user."""
         names, rows, book = self._book_state
         vec = self.profiles.vector(user_id, as_of_ms)
-        r = rows.get(user_id) if book is not None else None
+        r = row_of(rows, user_id) if book is not None else None
         flags = segment_flags(book, r, len(names))
         if vec is None:
             return None if r is None else Profile(np.zeros(0, np.int32), np.zeros(0), flags,
@@ -186,8 +197,7 @@ class MemoryProfileStore(BookState):
         segments = np.zeros((n, len(names)), dtype=bool)
         present = found
         if book is not None:
-            get = rows.get
-            r = np.fromiter((-1 if (x := get(u)) is None else x for u in ids),
+            r = np.fromiter((-1 if (x := row_of(rows, u)) is None else x for u in ids),
                             dtype=np.int64, count=n)
             who = np.flatnonzero(r >= 0)
             if who.size:
@@ -226,13 +236,10 @@ class MemoryProfileStore(BookState):
         found = bool(self.profiles.erase(user_id))
         with self._lock:  # two erasures must not each install a book missing only their user
             names, rows, book = self._book_state
-            try:
-                known = user_id in rows
-            except TypeError:  # an unhashable id was never stored
-                known = False
+            known = row_of(rows, user_id) is not None
             if known:
                 rows = dict(rows)
-                del rows[user_id]
+                del rows[canonical_id(user_id)]
                 book = book.erase(user_id)
                 # one reference assignment, as in set_book
                 self._book_state = (names, rows, book)
