@@ -525,10 +525,11 @@ def test_history_version_moves_with_every_change(world):
                  experiment=Experiment({"control": 1.0}), time_budget_ms=60_000.0)
     v0 = eng._history_version
     eng.decide({"user_id": 1, "ts": T0 + H, "request_id": "v-1"})
-    assert list(eng._history) == [1] and eng._history_version > v0
+    # keyed by the canonical id: user 1 and "1" are one user
+    assert list(eng._history) == ["1"] and 1 in eng._history and eng._history_version > v0
     v1 = eng._history_version
     eng.erase(1)
     assert eng._history == {} and eng._history_version > v1
     v2 = eng._history_version
     eng.decide_batch([{"user_id": 2, "ts": T0 + H, "request_id": "v-2"}])
-    assert list(eng._history) == [2] and eng._history_version > v2
+    assert list(eng._history) == ["2"] and eng._history_version > v2

@@ -12,7 +12,7 @@ from bta._jit import exact_jit, serving_jit
 from bta.segment._rule_kernels import run_code
 
 __all__ = ["eval_rules", "eval_rules_batch", "eligible_one", "scatter_row", "score_choose",
-           "hash_units", "softmax_choose", "replay"]
+           "hash_units", "softmax_choose", "replay", "all_finite", "finite_rows"]
 
 
 @serving_jit()
@@ -310,6 +310,23 @@ def scatter_row(default, fmap, indices, values, x):
 
 
 @exact_jit()
+def all_finite(values):
+    """Whether every value of a profile is a finite number: a profile with a NaN or an
+    infinite feature (carried by the request or stored) is ``fallback:bad_profile``."""
+    for k in range(values.shape[0]):
+        if not math.isfinite(values[k]):
+            return False
+    return True
+
+
+@exact_jit()
+def finite_rows(indptr, values, out):
+    """:func:`all_finite` of each row of a CSR block of profiles (``out[r]``; a replay)."""
+    for r in range(out.shape[0]):
+        out[r] = all_finite(values[indptr[r]:indptr[r + 1]])
+
+
+@exact_jit()
 def _ecpm_of(base, ctr, per_ctr):
     """Expected value of 1,000 impressions: ``base + ctr * per_ctr``.
 
@@ -336,11 +353,14 @@ def score_choose(cand, n, path, scorer, ctr, prior, base, per_ctr, kind, param, 
 
 # ---- the sequential part of a replay -------------------------------------------------------------
 @exact_jit()
-def _hist_count(head, ev_t, ev_key, ev_next, key, t, window):
+def _hist_count(head, ev_t, ev_key, ev_next, key, t, window, horizon):
+    """Impressions of ``key`` in a user's list that count at ``t`` against a cap of
+    ``window``: within the window, and after the history's horizon (older ones never count
+    again, whatever the request's time: see ``_CapHistory``)."""
     cnt = 0
     e = head
     while e >= 0:
-        if ev_key[e] == key and t - ev_t[e] < window:
+        if ev_key[e] == key and t - ev_t[e] < window and ev_t[e] > horizon:
             cnt += 1
         e = ev_next[e]
     return cnt
@@ -348,7 +368,7 @@ def _hist_count(head, ev_t, ev_key, ev_next, key, t, window):
 
 @exact_jit()
 def _creatives_ok(c, t, head, cre_off, cap_off, cap_w, cap_max, cap_cre, ev_t, ev_cre, ev_next,
-                  ks):
+                  horizon, ks):
     """Creatives of campaign ``c`` under their creative-scope caps; writes ``ks``, returns
     how many."""
     n = 0
@@ -357,7 +377,7 @@ def _creatives_ok(c, t, head, cre_off, cap_off, cap_w, cap_max, cap_cre, ev_t, e
         if head >= 0:
             for j in range(cap_off[c], cap_off[c + 1]):
                 if cap_cre[j] and _hist_count(head, ev_t, ev_cre, ev_next, cre_off[c] + k, t,
-                                              cap_w[j]) >= cap_max[j]:
+                                              cap_w[j], horizon) >= cap_max[j]:
                     ok = False
                     break
         if ok:
@@ -372,15 +392,16 @@ def replay(mode, reason, ts, ucode, ctx, prow, rid_data, rid_off, pre_choose, pr
            prior, base, per_ctr, is_cpm, bid, cre_off, has_caps, cap_off, cap_w, cap_max,
            cap_cre, any_budget, any_caps, max_window, pol, pol_param, count, to_no_fill,
            r_no_eligible, r_no_fill, spend, head, tail, ev_t, ev_camp, ev_cre, ev_lab, ev_next,
-           n_ev, o_camp, o_k, o_targeted, o_prop, o_neligible, o_score, o_reason, o_price,
-           o_record):
+           n_ev, horizon, now_ms, o_camp, o_k, o_targeted, o_prop, o_neligible, o_score,
+           o_reason, o_price, o_record):
     """Budgets, pacing, caps and the choice for each request in order (the Engine's state).
 
     ``mode``: 0 targeted path (profile row ``prow``), 1 untargeted (``reason``), 2 untargeted
     without recording (a malformed request). ``pol``/``pol_param``: policy kind and parameter
     for [targeted, untargeted] choices. ``spend`` and the per-user history lists (``head``,
     ``tail``, ``ev_*``; ``ev_camp`` the campaign, ``ev_cre`` the creative id, ``ev_lab`` the
-    (campaign, creative) label of each impression) are updated in place as
+    (campaign, creative) label of each impression) and the history's horizon
+    (``horizon[0]``; ``now_ms`` the wall clock it never passes) are updated in place as
     :meth:`Engine._record` would. ``o_camp[i] = -1`` is the house ad (creative ``o_k[i]``
     of ``n_house``). The request ids (``rid_data[rid_off[i]:rid_off[i+1]]``, UTF-8) are hashed
     with the ``choose`` / ``creative`` prefixes only where a choice reads them.
@@ -415,11 +436,12 @@ def replay(mode, reason, ts, ucode, ctx, prow, rid_data, rid_off, pre_choose, pr
                     if ok[c] and has_caps[c]:
                         for j in range(cap_off[c], cap_off[c + 1]):
                             if not cap_cre[j] and _hist_count(h, ev_t, ev_camp, ev_next, c, t,
-                                                              cap_w[j]) >= cap_max[j]:
+                                                              cap_w[j], horizon[0]) >= cap_max[j]:
                                 ok[c] = False
                                 break
                         if ok[c] and _creatives_ok(c, t, h, cre_off, cap_off, cap_w, cap_max,
-                                                   cap_cre, ev_t, ev_cre, ev_next, ks) == 0:
+                                                   cap_cre, ev_t, ev_cre, ev_next, horizon[0],
+                                                   ks) == 0:
                             ok[c] = False
                 e = ev_next[e]
         r = reason[i]
@@ -460,7 +482,7 @@ def replay(mode, reason, ts, ucode, ctx, prow, rid_data, rid_off, pre_choose, pr
                     ks[k] = k
             else:
                 nk = _creatives_ok(c, t, h if any_caps else -1, cre_off, cap_off, cap_w,
-                                   cap_max, cap_cre, ev_t, ev_cre, ev_next, ks)
+                                   cap_max, cap_cre, ev_t, ev_cre, ev_next, horizon[0], ks)
             o_neligible[i] = n
             if nk > 0:
                 k = ks[0]
@@ -491,7 +513,10 @@ def replay(mode, reason, ts, ucode, ctx, prow, rid_data, rid_off, pre_choose, pr
                             else:
                                 ev_next[tail[u]] = e
                             tail[u] = e
-                            while head[u] >= 0 and t - ev_t[head[u]] >= max_window:
+                            # the horizon: the latest impression (never ahead of the wall
+                            # clock) less the longest cap window; older ones never count
+                            horizon[0] = max(horizon[0], min(t, now_ms) - max_window)
+                            while head[u] >= 0 and ev_t[head[u]] <= horizon[0]:
                                 head[u] = ev_next[head[u]]
                             if head[u] < 0:
                                 tail[u] = -1

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import itertools
 import uuid
-from collections import deque
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -23,11 +22,12 @@ from bta.privacy import GATE_OK
 from bta.serve import _kernels as K
 from bta.serve.campaigns import CONTEXT_FIELDS
 from bta.serve._request import (
-    _CTX_FIELD_INDEX, _TS_MAX_MS, _TS_MIN_MS, NO_CONTEXT, _absent, _ctx_values, _now_ms, _parse,
-    _safe_request_id, request_profile,
+    MAX_REQUEST_ID_CHARS,
+    _CTX_FIELD_INDEX, _TS_MAX_MS, _TS_MIN_MS, NO_CONTEXT, _absent, _check_consent, _ctx_values,
+    _now_ms, _parse, _request_id_ok, _safe_request_id, _user_key, request_profile,
 )
 from bta.serve.engine import (
-    _PRICING, REASONS, Engine, _segments_for, _Snapshot, decisions_frame,
+    _PRICING, _SWEEP, REASONS, Engine, _segments_for, _Snapshot, decisions_frame,
 )
 from bta.serve.store import Profile, ProfileBlock
 
@@ -122,19 +122,19 @@ def _request_columns(batch: list) -> _Columns:
     rid = np.empty(n, dtype=object)
     consent: list = [None] * n
     profile: list = [None] * n
+    ukey = np.empty(n, dtype=object)
     ctx = np.empty(n, dtype=np.int64)
     keys: dict = {}
     for i, r in enumerate(batch):
         try:
-            u, t, q, c, k, p = _parse(r)
+            u, uk, t, q, c, k, p = _parse(r)
         except Exception:  # noqa: BLE001 - as decide: a malformed request falls back
             bad[i] = True
-            u, t, q, c, k, p = None, _now_ms(), _safe_request_id(r), None, NO_CONTEXT, None
-        user[i], ts[i], rid[i], consent[i], profile[i] = u, t, q, c, p
+            u, uk, t, q, c, k, p = (None, None, _now_ms(), _safe_request_id(r), None, NO_CONTEXT,
+                                    None)
+        user[i], ukey[i], ts[i], rid[i], consent[i], profile[i] = u, uk, t, q, c, p
         ctx[i] = keys.setdefault(k, len(keys))
-    cols.bad, cols.user, cols.ts, cols.rid, cols.ctx = bad, user, ts, rid, ctx
-    cols.ukey = np.array([None if b else str(u) for u, b in zip(user.tolist(), bad)],
-                         dtype=object)
+    cols.bad, cols.user, cols.ukey, cols.ts, cols.rid, cols.ctx = bad, user, ukey, ts, rid, ctx
     cols.ctx_keys = list(keys)
     cols.consent = consent if any(c is not None for c in consent) else None
     cols.profile = profile if any(p is not None for p in profile) else None
@@ -159,16 +159,12 @@ def _frame_columns(df: pd.DataFrame) -> _Columns:
         user = uid.to_numpy()
         ukey = pa.array(user.astype(np.int64) if uid.dtype.kind == "i" else user).cast(
             pa.string()).to_numpy(zero_copy_only=False).astype(object)
-    else:
+    else:  # the request path's rule per id (_user_key), as parsing the rows would
         user = uid.to_numpy(dtype=object)
+        keys = [_user_key(u) for u in user.tolist()]
         ukey = np.empty(n, dtype=object)
-        for i, u in enumerate(user.tolist()):
-            if isinstance(u, str) and 0 < len(u) <= 256:
-                ukey[i] = u
-            elif isinstance(u, (int, np.integer)) and not isinstance(u, (bool, np.bool_)):
-                ukey[i] = str(u)
-            else:
-                bad[i] = True
+        ukey[:] = keys
+        bad |= np.fromiter((k is None for k in keys), dtype=bool, count=n)
     if ts_col is None:
         ts = np.full(n, _now_ms(), dtype=np.int64)
     elif ts_col.dtype.kind in "iu":
@@ -198,12 +194,12 @@ def _frame_columns(df: pd.DataFrame) -> _Columns:
         try:  # text columns: the checks in Arrow
             arr = pa.array(rid, type=pa.string(), from_pandas=True)
             length = pc.fill_null(pc.utf8_length(arr), 0).to_numpy(zero_copy_only=False)
-            fix = np.flatnonzero((length < 1) | (length > 256))
+            fix = np.flatnonzero((length < 1) | (length > MAX_REQUEST_ID_CHARS))
         except (pa.ArrowException, UnicodeError):
             fix = np.arange(n)
         for i in fix.tolist():
             q = rid[i]
-            if isinstance(q, str) and 0 < len(q) <= 256:
+            if _request_id_ok(q):
                 continue
             if not _absent(q):
                 bad[i] = True
@@ -214,9 +210,9 @@ def _frame_columns(df: pd.DataFrame) -> _Columns:
     if "consent" in names:
         consent = df["consent"].to_numpy(dtype=object).tolist()
         for i, c in enumerate(consent):
-            if _absent(c):
-                consent[i] = None
-            elif not isinstance(c, Mapping):
+            try:
+                consent[i] = _check_consent(c)
+            except ValueError:  # not a mapping, or over the bounds: as parsing the row
                 bad[i] = True
                 consent[i] = None
         if not any(c is not None for c in consent):
@@ -239,12 +235,17 @@ def _frame_columns(df: pd.DataFrame) -> _Columns:
                 uniq = uniq.tolist()
                 if not all(type(v) is str for v in uniq):
                     raise TypeError  # factorize equates 1, 1.0 and True; _ctx_values does not
-                vals = [_ctx_values(v) for v in uniq]
+                vals = [_ctx_or_bad(v) for v in uniq]
             except TypeError:  # lists or mixed types: normalize row by row
                 seen: dict = {}
-                fc = np.array([-1 if _absent(v) else seen.setdefault(_ctx_values(v), len(seen))
+                fc = np.array([-1 if _absent(v) else seen.setdefault(_ctx_or_bad(v), len(seen))
                                for v in df[f].to_numpy(dtype=object).tolist()], dtype=np.int64)
                 vals = list(seen)
+            # values over the bounds: the rows are bad requests, as parsing them would say
+            over = [j for j, v in enumerate(vals) if v is _OVER]
+            if over:
+                bad |= np.isin(fc, over)
+                vals = [None if v is _OVER else v for v in vals]
             width = len(vals) + 1
             ctx, combos = pd.factorize(ctx * width + (fc.astype(np.int64) + 1))
             new_keys = []
@@ -272,6 +273,17 @@ def _frame_columns(df: pd.DataFrame) -> _Columns:
     cols.ctx, cols.ctx_keys, cols.consent, cols.profile = ctx, keys, consent, profile
     return cols
 
+
+
+_OVER = object()  # a context value over the request bounds (see _ctx_or_bad)
+
+
+def _ctx_or_bad(v: Any) -> Any:
+    """:func:`_ctx_values`, with a value over the bounds as the marker ``_OVER``."""
+    try:
+        return _ctx_values(v)
+    except ValueError:
+        return _OVER
 
 
 def _utf8(strings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -331,11 +343,15 @@ def _run_chunk(engine: Engine, snap: _Snapshot, plan: _Plan, table: "_ProfileTab
     gate0 = privacy.serving_gate(None, None)
     t_rows = np.flatnonzero(targeted_arm)
     reason[t_rows] = _REASON_CODE["targeted" if gate0 == GATE_OK else f"fallback:{gate0}"]
-    users = cols.user
-    if len(privacy.opt_outs):
-        for i in t_rows.tolist():
-            if users[i] in privacy.opt_outs:
-                reason[i] = _REASON_CODE["fallback:opt_out"]
+    users, ukeys = cols.user, cols.ukey
+    # the gate's registries (compared in canonical form), before the consent signals
+    for registry, why in ((privacy.opt_outs, "fallback:opt_out"),
+                          (privacy.minors, "fallback:under_age")):
+        if len(registry):
+            code = _REASON_CODE[why]
+            for i in t_rows.tolist():
+                if reason[i] != _REASON_CODE["fallback:opt_out"] and ukeys[i] in registry:
+                    reason[i] = code
     if cols.consent is not None:
         for i in t_rows.tolist():
             c = cols.consent[i]
@@ -362,6 +378,12 @@ def _run_chunk(engine: Engine, snap: _Snapshot, plan: _Plan, table: "_ProfileTab
         reason[need[got == _NO_PROFILE]] = _REASON_CODE["fallback:no_profile"]
         reason[need[got == _FAILED]] = _REASON_CODE["fallback:store_error"]
     table.score()
+    # a profile with a NaN or infinite value (carried or stored): as decide, the one rule
+    # (K.all_finite) applied in the table
+    has = np.flatnonzero(prow >= 0)
+    nonfinite = has[~table.finite[prow[has]]]
+    reason[nonfinite] = _REASON_CODE["fallback:bad_profile"]
+    prow[nonfinite] = -1
     hits, ctr = table.hits, table.ctr
     mode = np.where(cols.bad, 2, 1).astype(np.int8)
     mode[prow >= 0] = 0
@@ -383,8 +405,10 @@ def _run_chunk(engine: Engine, snap: _Snapshot, plan: _Plan, table: "_ProfileTab
     o_price = np.zeros(n)
     o_record = np.empty(n, dtype=bool)
     count = engine.count_on == "decision"
+    horizon = np.zeros(1, dtype=np.int64)
     with engine._runtime_lock:
         hist.begin(cols, n)
+        horizon[0] = engine._history.horizon
         K.replay(mode, reason, cols.ts, hist.ucode, cols.ctx, prow, rid_data, rid_off,
                  _bytes(f"{snap.version}:choose:"), _bytes(f"{snap.version}:creative:"),
                  np.int64(plan.n_house), ctx_ok,
@@ -396,9 +420,10 @@ def _run_chunk(engine: Engine, snap: _Snapshot, plan: _Plan, table: "_ProfileTab
                  plan.pol_param, count, _TO_NO_FILL, np.int64(_REASON_CODE["fallback:no_eligible"]),
                  np.int64(_REASON_CODE["fallback:no_fill"]), engine._spend_arr, hist.head,
                  hist.tail, hist.ev_t, hist.ev_camp, hist.ev_cre, hist.ev_lab, hist.ev_next,
-                 hist.n_ev, o_camp, o_k, o_targeted, o_prop, o_nel, o_score, o_reason, o_price,
-                 o_record)
+                 hist.n_ev, horizon, np.int64(_now_ms()), o_camp, o_k, o_targeted, o_prop,
+                 o_nel, o_score, o_reason, o_price, o_record)
         if count and plan.any_caps:
+            engine._history.horizon = int(horizon[0])
             hist.write_back(o_record & (o_camp >= 0)
                             & snap.has_caps[np.maximum(o_camp, 0)] & (hist.ucode >= 0))
     # the house ad where nothing (else) served
@@ -412,7 +437,7 @@ def _run_chunk(engine: Engine, snap: _Snapshot, plan: _Plan, table: "_ProfileTab
         rec = np.flatnonzero(o_record & ~house)[-engine.max_pending:]
         for i in rec.tolist():
             c = snap.campaigns[o_camp[i]]
-            engine._hold(cols.rid[i], users[i], int(cols.ts[i]), c, plan.creative_ids[cre[i]],
+            engine._hold(cols.rid[i], ukeys[i], int(cols.ts[i]), c, plan.creative_ids[cre[i]],
                          float(o_price[i]), snap.max_cap_window)
     text = (cols.rid,
             _take(arm_names, arm), _take(plan.creative_ids, cre),
@@ -450,6 +475,7 @@ class _ProfileTable:
         self.key_index: pd.Index | None = None
         self.hits = np.zeros((0, self.n_rules), dtype=bool)
         self.ctr = np.zeros((0, self.n_sc))
+        self.finite = np.zeros(0, dtype=bool)  # per row: every value finite (K.all_finite)
         self.n = 0
         # profiles added since the last score(): (lengths, indices, values, segment flags
         # aligned with the snapshot's store_segments), one part per request profile or read
@@ -581,14 +607,17 @@ class _ProfileTable:
         cap = max(self.n, 2 * n_old)  # grow geometrically: appends stay amortized O(1)
         hits = np.zeros((cap, self.n_rules), dtype=bool)
         ctr = np.zeros((cap, self.n_sc))
+        finite = np.zeros(cap, dtype=bool)
         hits[:n_old] = self.hits
         ctr[:n_old] = self.ctr
-        self.hits, self.ctr = hits[: self.n], ctr[: self.n]
+        finite[:n_old] = self.finite
+        self.hits, self.ctr, self.finite = hits[: self.n], ctr[: self.n], finite[: self.n]
         lengths = np.concatenate([part[0] for part in new])
         n_p = lengths.shape[0]
         indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         indices = np.concatenate([np.asarray(part[1]) for part in new]).astype(np.int32)
         values = np.concatenate([np.asarray(part[2]) for part in new]).astype(np.float64)
+        K.finite_rows(indptr, values, self.finite[n_old:])
         if snap.n_rules:
             segs = np.concatenate([part[3] for part in new]) if len(new) > 1 else new[0][3]
             segs = np.ascontiguousarray(segs, dtype=bool)
@@ -632,9 +661,10 @@ class _History:
     Kept across the chunks of a replay: a chunk loads from the engine only the users new to
     the replay, and :meth:`write_back` keeps the engine's history equal to the lists. The
     lists are rebuilt from the engine when something else changed its history between two
-    chunks (a ``decide``, a win notice or an erasure moved ``engine._history_version``) and
-    when they outgrow their bounds (entries of impressions past every window stay in the
-    arrays until then)."""
+    chunks (a ``decide``, a win notice or an erasure moved ``engine._history_version``), when
+    the engine's size bound forgot a user at a write-back, and when they outgrow their bounds
+    (entries of impressions past the horizon stay in the arrays until then; the kernel never
+    counts them). Users are the canonical ids of the requests (``_Columns.ukey``)."""
 
     def __init__(self, engine: Engine, snap: _Snapshot, plan: _Plan):
         self.engine, self.snap, self.plan = engine, snap, plan
@@ -669,7 +699,7 @@ class _History:
                 or int(self.n_ev[0]) + n + 1 > max(_HISTORY_MAX_EVENTS, 2 * n)
                 or len(self.users) + n > max(_HISTORY_MAX_USERS, 2 * n)):
             self._reset()
-        codes, uniq = pd.factorize(cols.user[ok])
+        codes, uniq = pd.factorize(cols.ukey[ok])
         uniq_l = uniq.tolist()
         first = len(self.users)
         ucodes = _codes(self.code, uniq_l)
@@ -700,14 +730,15 @@ class _History:
         ``n`` more entries."""
         old = []
         history = self.engine._history
-        if history:
-            if len(history) < len(users):  # look the (few) users with a history up
-                keys = list(history)
+        held = history.users
+        if held:
+            if len(held) < len(users):  # look the (few) users with a history up
+                keys = list(held)
                 pos = pd.Index(users, dtype=object).get_indexer(pd.Index(keys, dtype=object))
                 found = sorted((j, keys[k]) for k, j in enumerate(pos.tolist()) if j >= 0)
             else:
-                found = [(j, u) for j, u in enumerate(users) if u in history]
-            old = [(first + j, tuple(history[u])) for j, u in found if history[u]]
+                found = [(j, u) for j, u in enumerate(users) if u in held]
+            old = [(first + j, e) for j, u in found if (e := history.entries(u))]
         # entries as flat lists (numpy scalar stores are slow), one dict lookup per entry
         meta = self.meta
         cre_code = self.plan.cre_code
@@ -747,26 +778,37 @@ class _History:
         self.n_ev[0] = e1
 
     def write_back(self, appended: np.ndarray) -> None:
-        """Rebuild the engine's history of every user the chunk recorded an impression for;
-        called holding the engine's runtime lock."""
+        """Rebuild the engine's history of every user the chunk recorded an impression for,
+        in the order of their last impression (as a loop of ``decide`` leaves it), then apply
+        the history's bounds; called holding the engine's runtime lock."""
         engine = self.engine
         history = engine._history
-        js = np.unique(self.ucode[appended])
-        if not js.size:
+        codes = self.ucode[appended]
+        if not codes.size:
             return
+        # each user once, ordered by its last impression in the chunk
+        uniq, first_rev = np.unique(codes[::-1], return_index=True)
+        js = uniq[np.argsort(-first_rev, kind="stable")]
         n = int(self.n_ev[0])
         ev_t, ev_lab, ev_next = (a[:n].tolist() for a in (self.ev_t, self.ev_lab, self.ev_next))
         head, labels, users = self.head, self.labels, self.users
+        h = history.horizon
         for j in js.tolist():
             e = int(head[j])
-            dq = deque()
+            entries = []
             while e >= 0:
-                dq.append((ev_t[e],) + labels[ev_lab[e]])
+                if ev_t[e] > h:
+                    entries.append((ev_t[e],) + labels[ev_lab[e]])
                 e = ev_next[e]
-            history[users[j]] = dq
-        # the lists are the engine's history again: the next chunk keeps them
+            if entries:
+                history.put(users[j], tuple(entries))
+            else:  # impressions timed before the horizon: none counts
+                history.pop(users[j])
+        forgot = history.sweep(_SWEEP * int(codes.size))
+        # the lists are the engine's history again: the next chunk keeps them, unless the
+        # size bound forgot users they still hold
         engine._history_version += 1
-        self.version = engine._history_version
+        self.version = None if forgot else engine._history_version
 
 
 def _codes(codes: dict, items: list) -> np.ndarray:

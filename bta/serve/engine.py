@@ -3,13 +3,15 @@
 ``Engine.decide(request)`` never raises on request data. Its steps:
 
 1. parse the request (user id, time, request id, context, consent, optional profile; see
-   :mod:`bta.serve._request`); malformed -> fallback;
+   :mod:`bta.serve._request`), every field bounded before it is read; malformed or over a
+   bound -> ``fallback:bad_request``;
 2. experiment arm from a hash of (salt, user id): the control arm and the holdout get the
    untargeted choice;
 3. privacy gate (opt-out, consent purposes, age) -> untargeted when it says no;
 4. profile: the one the request carries (``Request(profile=...)``, e.g. sent by the client or
    looked up upstream; malformed -> ``fallback:bad_profile``), else the store's; a missing
-   profile, a store error or a blown time budget -> untargeted;
+   profile, a store error or a blown time budget -> untargeted; a profile (carried or
+   stored) with a NaN or infinite value -> ``fallback:bad_profile``;
 5. eligible campaigns: targeting rule on the profile, context targeting on the request's
    context, flight dates, budget and pacing, frequency caps;
 6. score: expected eCPM = pCTR (the campaign's compiled model on the profile, or its prior)
@@ -36,6 +38,14 @@ known); :meth:`Engine.notify_loss` or ``pending_ttl_s`` without a notice drops i
 ``max_pending`` decisions are held (the oldest are dropped first, counted in
 :attr:`Engine.n_expired`), so memory stays bounded whatever the exchange sends back.
 
+Frequency caps: the history of impressions per user (:class:`_CapHistory`) is keyed by the
+canonical user id (:func:`bta.ids.canonical_id`), so ``923`` and ``"923"`` share their caps.
+It is bounded by age (impressions older than the longest cap window at the latest recorded
+impression never count again and are dropped, users with none left too, in an amortized sweep)
+and by size (``max_history_entries``; beyond it the users served least recently are
+forgotten first). The context cache is bounded by entries and bytes (:class:`_ContextMasks`).
+Memory does not grow with the number of distinct users or contexts a server ever sees.
+
 Replay: :meth:`Engine.decide_batch` gives the decisions a loop of ``decide`` would, for
 millions of requests (implemented in :mod:`bta.serve._replay`): parsing, arm hashing, the
 privacy gate, profile fetches, rule evaluation and model scoring run vectorized per chunk;
@@ -52,8 +62,8 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections import OrderedDict, deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -61,11 +71,13 @@ import numpy as np
 import pandas as pd
 
 from bta.errors import ConfigError, UnknownNameError
+from bta.ids import canonical_id
 from bta.privacy import GATE_OK, PrivacyPolicy
 from bta.segment.rules import RuleSegment
 from bta.serve import _kernels as K
 from bta.serve._request import (
-    NO_CONTEXT, Request, _now_ms, _parse, _safe_request_id, context_mask, request_profile,
+    NO_CONTEXT, Request, _now_ms, _parse, _safe_request_id, context_key_chars, context_mask,
+    request_profile,
 )
 from bta.serve.campaigns import Campaign
 from bta.serve.experiment import Experiment, hash_unit
@@ -146,7 +158,7 @@ class _Snapshot:
     index_of: dict  # campaign id -> index
     contexts: tuple  # per campaign: its normalized context targeting, or None
     has_context: bool
-    ctx_cache: dict  # request context key -> eligible-by-context mask (bounded, see _ctx_mask)
+    ctx_cache: "_ContextMasks"  # request context key -> eligible-by-context mask (bounded)
     any_budget: bool  # some campaign has a budget
     any_caps: bool  # some campaign has frequency caps
     pol_kind: tuple  # [targeted, untargeted] policy kind for the compiled choice; -1: own
@@ -178,7 +190,175 @@ class _Scratch:
 BUILTIN_POLICIES = (Greedy, EpsilonGreedy, Softmax, Uniform)
 _NONE_CAPPED = np.zeros(0, dtype=np.bool_)  # read-only markers for "nothing" (empty arrays)
 _NO_MASK = np.zeros(0, dtype=np.bool_)
+#: Distinct request contexts whose masks are kept (real traffic has few: pages x slots)...
 _CTX_CACHE_MAX = 65_536
+#: ... and the memory they may take. A key holds at most 7 fields x 64 values x 256
+#: characters (the request bounds), about 460 KB at 4 bytes a character: the entry bound
+#: alone would allow 30 GB, so this bound is the one that holds for hostile traffic.
+_CTX_CACHE_BYTES = 32 << 20
+_CTX_ENTRY_BYTES = 1_024  # a key's tuple, sets, a mask and the dict slot, beyond the text
+_CTX_TEXT_BYTES = 84  # per value: a str object's header, its set slot, 4 bytes a character
+#: The most impressions the frequency-cap history keeps by default (see _CapHistory).
+MAX_HISTORY_ENTRIES = 1_000_000
+_SWEEP = 2  # users the history's age sweep may drop per recorded impression
+
+
+class _ContextMasks:
+    """Eligible-by-context masks per distinct request context key, bounded by entries
+    (:data:`_CTX_CACHE_MAX`) and by bytes (:data:`_CTX_CACHE_BYTES`, the keys' text
+    counted at 4 bytes a character plus a fixed cost per entry and per value): when a new
+    key would pass either bound the cache starts afresh. At most about 32 MiB plus one
+    entry, whatever the requests."""
+
+    __slots__ = ("masks", "nbytes", "lock")
+
+    def __init__(self):
+        self.masks: dict[tuple, np.ndarray] = {}
+        self.nbytes = 0
+        self.lock = threading.Lock()
+
+    def get(self, key: tuple) -> np.ndarray | None:
+        return self.masks.get(key)
+
+    def put(self, key: tuple, mask: np.ndarray) -> None:
+        n_values = sum(len(v) for v in key if v is not None)
+        cost = (_CTX_ENTRY_BYTES + mask.nbytes + _CTX_TEXT_BYTES * n_values
+                + 4 * context_key_chars(key))
+        with self.lock:  # a miss only: the count must not drift between threads
+            if len(self.masks) >= _CTX_CACHE_MAX or self.nbytes + cost > _CTX_CACHE_BYTES:
+                self.masks.clear()
+                self.nbytes = 0
+            self.masks[key] = mask
+            self.nbytes += cost
+
+    def __len__(self) -> int:
+        return len(self.masks)
+
+
+class _CapHistory:
+    """The frequency-cap history: per user (canonical id, :func:`bta.ids.canonical_id`), the
+    impressions that may still count against a cap, ``(time ms, campaign id, creative id)``
+    in the order they were recorded. ``decide`` and the replay read and write this one object.
+
+    Bounded by age and by size, whatever the requests:
+
+    - **Age.** The *horizon* is the time of the latest recorded impression, never ahead of
+      the wall clock (a request with a far-future time cannot expire everyone's history),
+      less the longest cap window of the configuration that recorded it. An impression at or
+      before the horizon never counts again, for any request: entries older than the longest
+      window are useless. They are dropped from a user's entries when the user gets a new
+      impression, and users whose entries are all past the horizon are dropped from the
+      front of the queue of users (least recently recorded first), at most ``_SWEEP`` per
+      recorded impression: an amortized O(1) sweep; the history holds about the users seen
+      within the longest window.
+    - **Size.** At most ``max_entries`` impressions: beyond, whole users are forgotten,
+      least recently recorded first (their caps start afresh). One impression with its user
+      takes about 250 bytes (1M users with one each: 250 MB), so the default of
+      :data:`MAX_HISTORY_ENTRIES` bounds the history at about 250 MB.
+
+    The mapping methods (``==``, ``in``, ``len``, iteration) are views of the impressions that
+    still count, for inspection and tests: O(users).
+    """
+
+    __slots__ = ("users", "horizon", "n_entries", "max_entries")
+
+    def __init__(self, max_entries: int):
+        # user -> entries, in the order of the users' latest impression (oldest first)
+        self.users: OrderedDict[str, tuple] = OrderedDict()
+        self.horizon = _INT64_MIN
+        self.n_entries = 0
+        self.max_entries = max_entries
+
+    def entries(self, key: str | None) -> tuple:
+        """The user's impressions that still count (an immutable tuple: no lock to read)."""
+        v = self.users.get(key) if key is not None else None
+        if not v:
+            return ()
+        h = self.horizon
+        return v if min(v)[0] > h else tuple(e for e in v if e[0] > h)
+
+    def record(self, key: str, entry: tuple, max_window: int, now_ms: int) -> bool:
+        """Add one impression (under the engine's runtime lock); returns whether a user whose
+        impressions still counted was forgotten (the size bound)."""
+        h = min(entry[0], now_ms) - max_window
+        if h > self.horizon:
+            self.horizon = h
+        users = self.users
+        old = users.get(key)
+        if old is None:
+            new = (entry,)
+        else:
+            self.n_entries -= len(old)
+            if min(old)[0] <= self.horizon:
+                old = tuple(e for e in old if e[0] > self.horizon)
+            new = old + (entry,)
+        users[key] = new
+        users.move_to_end(key)
+        self.n_entries += len(new)
+        return self.sweep(_SWEEP)
+
+    def put(self, key: str, entries: tuple) -> None:
+        """Set a user's impressions as the most recently recorded (a replay's write-back)."""
+        users = self.users
+        old = users.get(key)
+        if old is not None:
+            self.n_entries -= len(old)
+        users[key] = entries
+        users.move_to_end(key)
+        self.n_entries += len(entries)
+
+    def sweep(self, k: int) -> bool:
+        """Drop up to ``k`` users at the front whose impressions are all past the horizon,
+        then forget users from the front while over ``max_entries``; returns whether a user
+        whose impressions still counted was forgotten."""
+        users, h = self.users, self.horizon
+        for _ in range(k):
+            if not users:
+                break
+            key = next(iter(users))
+            v = users[key]
+            if max(v)[0] > h:
+                break
+            del users[key]
+            self.n_entries -= len(v)
+        forgot = False
+        while self.n_entries > self.max_entries and users:
+            _key, v = users.popitem(last=False)
+            self.n_entries -= len(v)
+            forgot = forgot or max(v)[0] > h
+        return forgot
+
+    def pop(self, key: str | None) -> None:
+        v = self.users.pop(key, None) if key is not None else None
+        if v is not None:
+            self.n_entries -= len(v)
+
+    # views of the impressions that still count (inspection and tests)
+    def live(self) -> dict[str, tuple]:
+        return {k: v for k in self.users if (v := self.entries(k))}
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, _CapHistory):
+            return self.live() == other.live()
+        if isinstance(other, Mapping):
+            return self.live() == dict(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __contains__(self, user: object) -> bool:
+        return bool(self.entries(canonical_id(user)))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.live())
+
+    def __len__(self) -> int:
+        return len(self.live())
+
+    def __repr__(self) -> str:
+        return (f"_CapHistory({len(self.users)} users, {self.n_entries} impressions, "
+                f"horizon {self.horizon})")
+
 #: The clock of pending decisions' time to live (a module name, so tests can drive it).
 _monotonic = time.monotonic
 
@@ -217,6 +397,11 @@ class Engine:
     max_pending : int, default 100_000
         With ``count_on="win"``: the most decisions held; beyond it the oldest are dropped
         (counted in :attr:`n_expired`).
+    max_history_entries : int, default 1_000_000
+        The most impressions the frequency-cap history keeps (about 250 bytes each with their
+        user). Beyond it whole users are forgotten, the least recently served first (their
+        caps start afresh). Impressions older than the longest cap window are dropped as
+        time moves on, whatever this bound; see "Frequency caps" in the module docstring.
 
     Raises
     ------
@@ -231,7 +416,8 @@ class Engine:
                  policy: Policy | None = None, untargeted_policy: Policy | None = None,
                  privacy: PrivacyPolicy | None = None, time_budget_ms: float = 5.0,
                  version: str = "v1", count_on: Literal["decision", "win"] = "decision",
-                 pending_ttl_s: float = 300.0, max_pending: int = 100_000):
+                 pending_ttl_s: float = 300.0, max_pending: int = 100_000,
+                 max_history_entries: int = MAX_HISTORY_ENTRIES):
         if not (isinstance(time_budget_ms, (int, float)) and math.isfinite(time_budget_ms)
                 and time_budget_ms > 0):
             raise ConfigError(f"time_budget_ms must be a finite number > 0, got "
@@ -245,12 +431,16 @@ class Engine:
         if not (isinstance(max_pending, (int, np.integer)) and not isinstance(max_pending, bool)
                 and max_pending >= 1):
             raise ConfigError(f"max_pending must be an integer >= 1, got {max_pending!r}")
+        if not (isinstance(max_history_entries, (int, np.integer))
+                and not isinstance(max_history_entries, bool) and max_history_entries >= 1):
+            raise ConfigError(f"max_history_entries must be an integer >= 1, got "
+                              f"{max_history_entries!r}")
         self.store = store
         self.time_budget_s = float(time_budget_ms) / 1000.0
         self.count_on = count_on
         self.pending_ttl_s = float(pending_ttl_s)
         self.max_pending = int(max_pending)
-        # request id -> (deadline, user id, ts, campaign, creative id, price, max cap window);
+        # request id -> (deadline, user key, ts, campaign, creative id, price, max cap window);
         # insertion order is deadline order (one TTL), so expiry pops from the front
         self._pending: OrderedDict[str, tuple] = OrderedDict()
         self._pending_lock = threading.Lock()
@@ -261,7 +451,7 @@ class Engine:
         # survives swaps; a snapshot maps its campaigns to slots (slot_of)
         self._slot: dict[str, int] = {}
         self._spend_arr = np.zeros(0, dtype=np.float64)
-        self._history: dict[Any, deque] = {}
+        self._history = _CapHistory(int(max_history_entries))
         # bumped (under _runtime_lock) at every change of _history: a replay keeps its copy
         # of the history across chunks only while no one else changed it
         self._history_version = 0
@@ -441,7 +631,7 @@ class Engine:
                                    for c in campaigns]),
             index_of={c.id: i for i, c in enumerate(campaigns)},
             contexts=tuple(c.context for c in campaigns),
-            has_context=any(c.context is not None for c in campaigns), ctx_cache={},
+            has_context=any(c.context is not None for c in campaigns), ctx_cache=_ContextMasks(),
             any_budget=any(c.budget is not None for c in campaigns),
             any_caps=any(bool(c.caps) for c in campaigns),
             pol_kind=tuple(int(p.kind) if type(p) in BUILTIN_POLICIES else -1
@@ -459,10 +649,10 @@ class Engine:
         t0 = time.perf_counter()
         snap = self._snap  # one snapshot for the whole request
         try:
-            user_id, ts, request_id, consent, ctx, raw_profile = _parse(request)
+            user_id, ukey, ts, request_id, consent, ctx, raw_profile = _parse(request)
         except Exception:  # noqa: BLE001 - malformed requests fall back, never raise
             rid = _safe_request_id(request)
-            return self._untargeted(snap, None, _now_ms(), rid, snap.experiment.control,
+            return self._untargeted(snap, None, None, _now_ms(), rid, snap.experiment.control,
                                     "fallback:bad_request", self._ctx_mask(snap, NO_CONTEXT),
                                     record=False)
         arm = snap.experiment.control
@@ -470,31 +660,31 @@ class Engine:
             mask = self._ctx_mask(snap, ctx)
             arm = snap.experiment.assign(user_id)
             if not snap.experiment.is_targeted(arm):
-                return self._untargeted(snap, user_id, ts, request_id, arm,
+                return self._untargeted(snap, user_id, ukey, ts, request_id, arm,
                                         "holdout" if arm == "holdout" else "control", mask)
             gate = snap.privacy.serving_gate(user_id, consent)
             if gate != GATE_OK:
-                return self._untargeted(snap, user_id, ts, request_id, arm, f"fallback:{gate}",
-                                        mask)
+                return self._untargeted(snap, user_id, ukey, ts, request_id, arm,
+                                        f"fallback:{gate}", mask)
             if raw_profile is not None:
                 try:
                     profile = request_profile(raw_profile, self.store, snap.store_segments)
                 except Exception:  # noqa: BLE001 - a malformed profile is request data
-                    return self._untargeted(snap, user_id, ts, request_id, arm,
+                    return self._untargeted(snap, user_id, ukey, ts, request_id, arm,
                                             "fallback:bad_profile", mask)
             else:
                 try:
                     profile = self.store.get(user_id, ts)
                 except Exception:  # noqa: BLE001 - a store outage must not reach the ad server
-                    return self._untargeted(snap, user_id, ts, request_id, arm,
+                    return self._untargeted(snap, user_id, ukey, ts, request_id, arm,
                                             "fallback:store_error", mask)
             if profile is None:
-                return self._untargeted(snap, user_id, ts, request_id, arm,
+                return self._untargeted(snap, user_id, ukey, ts, request_id, arm,
                                         "fallback:no_profile", mask)
             if time.perf_counter() - t0 > self.time_budget_s:
-                return self._untargeted(snap, user_id, ts, request_id, arm, "fallback:timeout",
-                                        mask)
-            return self._targeted(snap, profile, user_id, ts, request_id, arm, t0, mask)
+                return self._untargeted(snap, user_id, ukey, ts, request_id, arm,
+                                        "fallback:timeout", mask)
+            return self._targeted(snap, profile, user_id, ukey, ts, request_id, arm, t0, mask)
         except Exception:  # noqa: BLE001 - last line of defence: log and serve the house ad
             import logging
 
@@ -574,7 +764,7 @@ class Engine:
             entry = self._pending.pop(request_id, None) if isinstance(request_id, str) else None
         if entry is None:
             return False
-        _deadline, user_id, ts, campaign, creative_id, dec_price, max_window = entry
+        _deadline, ukey, ts, campaign, creative_id, dec_price, max_window = entry
         charge = dec_price
         if price is not None:
             ok = isinstance(price, (int, float, np.integer, np.floating)) \
@@ -587,7 +777,7 @@ class Engine:
                 logging.getLogger("bta").warning(
                     "notify_win(%r): price %r is not a finite number >= 0; charging the "
                     "decision's price %r", request_id, price, dec_price)
-        self._record(user_id, ts, campaign, creative_id, charge, max_window)
+        self._record(ukey, ts, campaign, creative_id, charge, max_window)
         return True
 
     def notify_loss(self, request_id: str) -> bool:
@@ -610,11 +800,11 @@ class Engine:
         """Pending decisions dropped without a notice (TTL passed, or ``max_pending`` full)."""
         return self._n_expired
 
-    def _hold(self, request_id, user_id, ts, campaign, creative_id, price, max_window) -> None:
+    def _hold(self, request_id, ukey, ts, campaign, creative_id, price, max_window) -> None:
         with self._pending_lock:
             self._expire_locked()
             self._pending.pop(request_id, None)  # a repeated id: the latest decision counts
-            self._pending[request_id] = (_monotonic() + self.pending_ttl_s, user_id, ts,
+            self._pending[request_id] = (_monotonic() + self.pending_ttl_s, ukey, ts,
                                          campaign, creative_id, price, max_window)
             while len(self._pending) > self.max_pending:
                 self._pending.popitem(last=False)
@@ -635,26 +825,19 @@ class Engine:
         """Campaigns whose context targeting the request's context meets (None: all)."""
         if not snap.has_context:
             return None
-        cache = snap.ctx_cache
-        mask = cache.get(ctx)
+        mask = snap.ctx_cache.get(ctx)
         if mask is None:
             mask = context_mask(snap.contexts, ctx)
-            if len(cache) >= _CTX_CACHE_MAX:  # distinct contexts are few; bound it regardless
-                cache.clear()
-            cache[ctx] = mask
+            snap.ctx_cache.put(ctx, mask)
         return mask
 
-    def _capped(self, snap: _Snapshot, user_id: Any, ts: int) -> np.ndarray:
-        """Per campaign: whether the user reached one of its frequency caps (a campaign-scope
-        cap, or creative-scope caps on every creative); empty when nothing can be capped."""
-        if not snap.any_caps or user_id is None:
+    def _capped(self, snap: _Snapshot, ukey: str | None, ts: int) -> np.ndarray:
+        """Per campaign: whether the user (canonical id ``ukey``) reached one of its frequency
+        caps (a campaign-scope cap, or creative-scope caps on every creative); empty when
+        nothing can be capped."""
+        if not snap.any_caps or ukey is None:
             return _NONE_CAPPED
-        live = self._history.get(user_id)
-        if not live:
-            return _NONE_CAPPED
-        # a snapshot: another thread may append to the user's deque meanwhile (copying a
-        # deque is one C call under the GIL; iterating it live can fail mid-way)
-        hist = tuple(live)
+        hist = self._history.entries(ukey)  # immutable: another thread may record meanwhile
         if not hist:
             return _NONE_CAPPED
         capped = np.zeros(len(snap.campaigns), dtype=bool)
@@ -672,15 +855,15 @@ class Engine:
                         1 for t in times if ts - t < cap.window_ms) >= cap.max_impressions:
                     capped[i] = True
                     break
-            if not capped[i] and not self._creative_ok(c, user_id, ts):
+            if not capped[i] and not self._creative_ok(c, ukey, ts):
                 capped[i] = True  # every creative capped: the campaign cannot serve
         return capped
 
-    def _creative_ok(self, c: Campaign, user_id: Any, ts: int) -> list[int]:
+    def _creative_ok(self, c: Campaign, ukey: str | None, ts: int) -> list[int]:
         caps = [cap for cap in c.caps if cap.scope == "creative"]
-        if not caps or user_id is None:
+        if not caps or ukey is None:
             return list(range(len(c.creatives)))
-        hist = tuple(self._history.get(user_id) or ())  # a snapshot, as above
+        hist = self._history.entries(ukey)
         out = []
         for k, cr in enumerate(c.creatives):
             if all(sum(1 for (t, _c, crid) in hist if crid == cr.id and ts - t < cap.window_ms)
@@ -703,16 +886,19 @@ class Engine:
                               snap.slack, self._spend_arr, snap.slot_of, snap.targeted,
                               snap.rule_of, work.hits, snap.scorer_of, work.need, work.cand)
 
-    def _targeted(self, snap: _Snapshot, profile: Profile, user_id: Any, ts: int,
+    def _targeted(self, snap: _Snapshot, profile: Profile, user_id: Any, ukey: str, ts: int,
                   request_id: str, arm: str, t0: float, mask: np.ndarray | None) -> Decision:
-        work = self._scratch(snap)
-        capped = self._capped(snap, user_id, ts)
         idx = profile.indices
         if idx.dtype != np.int32 or not idx.flags.c_contiguous:
             idx = np.ascontiguousarray(idx, dtype=np.int32)
         val = profile.values
         if val.dtype != np.float64 or not val.flags.c_contiguous:
             val = np.ascontiguousarray(val, dtype=np.float64)
+        if not K.all_finite(val):  # carried or stored: the one rule, as in a replay
+            return self._untargeted(snap, user_id, ukey, ts, request_id, arm,
+                                    "fallback:bad_profile", mask)
+        work = self._scratch(snap)
+        capped = self._capped(snap, ukey, ts)
         if snap.n_rules:
             R = snap.rules
             K.eval_rules(R[0], R[1], R[2], R[3], R[4], R[5], R[6], R[7], R[8], R[9],
@@ -720,8 +906,8 @@ class Engine:
                          snap.n_features, work.hits)
         n = self._eligible(snap, work, 0, ts, mask, capped)
         if n == 0:
-            return self._untargeted(snap, user_id, ts, request_id, arm, "fallback:no_eligible",
-                                    mask, capped=capped)
+            return self._untargeted(snap, user_id, ukey, ts, request_id, arm,
+                                    "fallback:no_eligible", mask, capped=capped)
         need = work.need
         for s in range(need.shape[0]):
             if not need[s]:
@@ -734,24 +920,25 @@ class Engine:
                 p = float(np.ravel(p)[0])
             work.ctr[s] = p if math.isfinite(p) else 0.0
         if time.perf_counter() - t0 > self.time_budget_s:
-            return self._untargeted(snap, user_id, ts, request_id, arm, "fallback:timeout", mask,
-                                    capped=capped)
-        return self._choose(snap, work, n, 0, user_id, ts, request_id, arm, "targeted")
+            return self._untargeted(snap, user_id, ukey, ts, request_id, arm,
+                                    "fallback:timeout", mask, capped=capped)
+        return self._choose(snap, work, n, 0, user_id, ukey, ts, request_id, arm, "targeted")
 
-    def _untargeted(self, snap: _Snapshot, user_id: Any, ts: int, request_id: str, arm: str,
-                    reason: str, mask: np.ndarray | None, record: bool = True,
-                    capped: np.ndarray | None = None) -> Decision:
+    def _untargeted(self, snap: _Snapshot, user_id: Any, ukey: str | None, ts: int,
+                    request_id: str, arm: str, reason: str, mask: np.ndarray | None,
+                    record: bool = True, capped: np.ndarray | None = None) -> Decision:
         if capped is None:
-            capped = self._capped(snap, user_id if record else None, ts)
+            capped = self._capped(snap, ukey if record else None, ts)
         work = self._scratch(snap)
         n = self._eligible(snap, work, 1, ts, mask, capped)
         if n == 0:
             return self._house(snap, user_id, ts, request_id, arm, reason, 0)
-        return self._choose(snap, work, n, 1, user_id, ts, request_id, arm, reason,
+        return self._choose(snap, work, n, 1, user_id, ukey, ts, request_id, arm, reason,
                             record=record)
 
-    def _choose(self, snap: _Snapshot, work: _Scratch, n: int, path: int, user_id: Any, ts: int,
-                request_id: str, arm: str, reason: str, record: bool = True) -> Decision:
+    def _choose(self, snap: _Snapshot, work: _Scratch, n: int, path: int, user_id: Any,
+                ukey: str | None, ts: int, request_id: str, arm: str, reason: str,
+                record: bool = True) -> Decision:
         """Score the ``n`` candidates in ``work.cand``, choose with the path's policy (0
         targeted, 1 untargeted) and a creative of the chosen campaign, and count it."""
         kind = snap.pol_kind[path]
@@ -767,7 +954,7 @@ class Engine:
             i, p = policy.choose(work.sc[:n].copy(), u)
         score = float(work.sc[i])
         c, cpm_price, creative_ids, creative_caps = snap.serving[int(work.cand[i])]
-        ks = self._creative_ok(c, user_id, ts) if record and creative_caps else \
+        ks = self._creative_ok(c, ukey, ts) if record and creative_caps else \
             range(len(creative_ids))
         if not ks:  # every creative of the campaign is capped for this user
             return self._house(snap, user_id, ts, request_id, arm, reason, n)
@@ -779,9 +966,9 @@ class Engine:
         creative_id = creative_ids[k]
         if record:
             if self.count_on == "decision":
-                self._record(user_id, ts, c, creative_id, price, snap.max_cap_window)
+                self._record(ukey, ts, c, creative_id, price, snap.max_cap_window)
             else:
-                self._hold(request_id, user_id, ts, c, creative_id, price, snap.max_cap_window)
+                self._hold(request_id, ukey, ts, c, creative_id, price, snap.max_cap_window)
         return Decision(ts=ts, request_id=request_id, user_id=user_id, arm=arm,
                         creative_id=creative_id, campaign_id=c.id, targeted=path == 0,
                         propensity=float(p) / len(ks), n_eligible=n, score=score, price=price,
@@ -802,15 +989,13 @@ class Engine:
                         score=float(ecpm), price=float(f.bid if f.pricing == "cpm" else ecpm),
                         policy_version=snap.version, reason=reason)
 
-    def _record(self, user_id, ts, campaign, creative_id, price, max_window) -> None:
+    def _record(self, ukey, ts, campaign, creative_id, price, max_window) -> None:
         with self._runtime_lock:
             self._spend_arr[self._slot[campaign.id]] += price / 1000.0
-            if max_window and user_id is not None and campaign.caps:
-                hist = self._history.setdefault(user_id, deque())
-                hist.append((ts, campaign.id, creative_id))
+            if max_window and ukey is not None and campaign.caps:
+                self._history.record(ukey, (ts, campaign.id, creative_id), max_window,
+                                     _now_ms())
                 self._history_version += 1
-                while hist and ts - hist[0][0] >= max_window:
-                    hist.popleft()
 
     def spend(self) -> dict[str, float]:
         """Spend so far per campaign id (currency); campaigns that have not spent are left out."""
@@ -820,12 +1005,17 @@ class Engine:
 
     def erase(self, user_id: Any) -> None:
         """Forget the user in this engine: frequency-cap history and decisions pending a win
-        notice (a later notice for them is ignored, so the history cannot come back)."""
+        notice (a later notice for them is ignored, so the history cannot come back). The id
+        is compared in canonical form (:func:`bta.ids.canonical_id`): ``erase("923")``
+        forgets user ``923``."""
+        key = canonical_id(user_id)
+        if key is None:
+            return
         with self._runtime_lock:
-            self._history.pop(user_id, None)
+            self._history.pop(key)
             self._history_version += 1
         with self._pending_lock:
-            gone = [rid for rid, entry in self._pending.items() if entry[1] == user_id]
+            gone = [rid for rid, entry in self._pending.items() if entry[1] == key]
             for rid in gone:
                 del self._pending[rid]
 
@@ -838,6 +1028,7 @@ class Engine:
             sc.predict_one(d.copy())
             K.scatter_row(d, m, np.zeros(0, dtype=np.int32), np.zeros(0), d.copy())
         work = _Scratch(snap)
+        K.all_finite(np.zeros(0))
         if snap.n_rules:
             R = snap.rules
             K.eval_rules(R[0], R[1], R[2], R[3], R[4], R[5], R[6], R[7], R[8], R[9],
