@@ -333,3 +333,70 @@ def test_context_reaches_the_engine(world):
     resp = decide_openrtb(eng, bid_request(imp=[{"id": "1", "tagid": "top"}],
                                            site={"cat": ["IAB1"]}), now_ms=T0)
     assert only_bid(resp)["cid"] == "ron"
+
+
+# ---- bounded work per bid request ---------------------------------------------------------------
+def test_impressions_past_max_imps_are_not_decided(world, monkeypatch):
+    import time
+
+    from bta.serve import openrtb
+
+    eng = make_engine(world)
+    calls = []
+    decide = eng.decide
+    monkeypatch.setattr(eng, "decide", lambda r: (calls.append(r), decide(r))[1])
+    imps = [{"id": str(i)} for i in range(50_000)]
+    t0 = time.perf_counter()
+    resp = decide_openrtb(eng, bid_request(imp=imps), now_ms=T0)
+    took = time.perf_counter() - t0
+    bids = resp["seatbid"][0]["bid"]
+    assert [b["impid"] for b in bids] == [str(i) for i in range(openrtb.MAX_IMPS)]
+    assert len(calls) == openrtb.MAX_IMPS == 64
+    rest = resp["ext"]["bta"]["no_bid"]
+    assert len(rest) == 50_000 - 64
+    assert all(n["reason"] == "too_many_imps" for n in rest)
+    assert [n["impid"] for n in rest[:2]] == ["64", "65"]
+    # one consent object, decoded once, serves every impression
+    assert len({id(r.consent) for r in calls}) == 1
+    assert took < 2.0  # 2.2 s before the bound; about 20 ms now (a loose bound: CI machines)
+    # the bound is the caller's to set
+    calls.clear()
+    resp = decide_openrtb(eng, bid_request(imp=imps[:5]), now_ms=T0, max_imps=2)
+    assert len(calls) == 2 and len(resp["seatbid"][0]["bid"]) == 2
+    assert [n["impid"] for n in resp["ext"]["bta"]["no_bid"]] == ["2", "3", "4"]
+
+
+def test_too_many_imps_keeps_the_no_bid_reason_of_those_decided(world):
+    # the decided impressions are all unreadable: invalid request, whatever follows the cap
+    resp = decide_openrtb(make_engine(world), bid_request(imp=[{"x": 1}, {"id": "2"}]),
+                          now_ms=T0, max_imps=1)
+    assert resp["nbr"] == NBR_INVALID_REQUEST and resp["seatbid"] == []
+    assert [n["reason"] for n in resp["ext"]["bta"]["no_bid"]] == [
+        "fallback:bad_request", "too_many_imps"]
+    # all below the floor: nbr 0
+    resp = decide_openrtb(make_engine(world), bid_request(
+        imp=[{"id": "1", "bidfloor": 1e6}, {"id": "2"}]), now_ms=T0, max_imps=1)
+    assert resp["nbr"] == 0 and resp["ext"]["bta"]["reason"] == "below_floor"
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True, "64", None])
+def test_max_imps_must_be_a_positive_integer(world, bad):
+    from bta.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="max_imps must be an integer >= 1"):
+        decide_openrtb(make_engine(world), bid_request(), max_imps=bad)
+
+
+def test_a_huge_consent_string_is_read_once_and_refused(world):
+    import time
+
+    eng = make_engine(world)
+    imps = [{"id": str(i)} for i in range(64)]
+    t0 = time.perf_counter()
+    resp = decide_openrtb(eng, bid_request(imp=imps, user={"id": "u1", "consent": "C" * 500_000}),
+                          now_ms=T0)
+    took = time.perf_counter() - t0
+    reasons = {b["ext"]["bta"]["reason"] for b in resp["seatbid"][0]["bid"]}
+    assert reasons <= {"fallback:bad_request", "fallback:bad_consent"}
+    assert all(b["ext"]["bta"]["targeted"] is False for b in resp["seatbid"][0]["bid"])
+    assert took < 1.0

@@ -27,6 +27,11 @@
 - ``imp[].bidfloor`` with ``bidfloorcur``: no bid below the floor (compared in the same
   currency only).
 
+At most ``max_imps`` impressions (default :data:`MAX_IMPS`, 64) are decided per request, in
+their order; the rest are answered in ``ext.bta.no_bid`` with the reason ``"too_many_imps"``
+and not decided, so that a request of 50,000 impressions costs what 64 do. The privacy
+signals are read once per request and the same decoded object serves every impression.
+
 The response carries one ``bid`` per impression with ``price`` (CPM), ``adid``/``crid`` (the
 creative), ``cid`` (the campaign) and ``ext.bta`` (the decision-log fields). Most bids lose the
 auction: with ``Engine(count_on="win")`` spend and frequency caps count only once the exchange's
@@ -45,10 +50,11 @@ from datetime import datetime, timezone
 from typing import Any, Mapping
 
 from bta._privacy_gate import UNREADABLE, ConsentSignals, read_consent, read_flag, read_number
+from bta.errors import ConfigError
 from bta.serve.engine import Decision, Engine, Request
 
 __all__ = ["decide_openrtb", "user_data", "NBR_UNKNOWN", "NBR_TECHNICAL_ERROR",
-           "NBR_INVALID_REQUEST"]
+           "NBR_INVALID_REQUEST", "MAX_IMPS"]
 
 logger = logging.getLogger("bta")
 
@@ -58,6 +64,10 @@ NBR_TECHNICAL_ERROR = 1
 NBR_INVALID_REQUEST = 2
 #: Longest id accepted from a request: ids are log keys, not payloads.
 _MAX_ID = 256
+#: Impressions decided per bid request by default (``decide_openrtb(max_imps=...)``): real
+#: requests carry a few (a page's slots, a video pod); each costs a decision.
+MAX_IMPS = 64
+_TOO_MANY = "too_many_imps"
 _BAD = "fallback:bad_request"
 
 
@@ -176,7 +186,7 @@ def _bid(imp_id: str, d: Decision) -> dict[str, Any]:
 
 
 def decide_openrtb(engine: Engine, bid_request: Any, *, seat: str = "bta", cur: str = "USD",
-                   now_ms: int | None = None) -> dict[str, Any]:
+                   now_ms: int | None = None, max_imps: int = MAX_IMPS) -> dict[str, Any]:
     """Decisions for every impression of an OpenRTB 2.6 BidRequest, as a BidResponse dict.
 
     Parameters
@@ -191,6 +201,9 @@ def decide_openrtb(engine: Engine, bid_request: Any, *, seat: str = "bta", cur: 
         without a floor check.
     now_ms : int, optional
         Decision time (epoch ms); default now. Replays pass the logged time.
+    max_imps : int, default 64 (:data:`MAX_IMPS`)
+        Impressions decided, the first ones in the request's order; the others are not
+        decided and appear in ``ext.bta.no_bid`` with the reason ``"too_many_imps"``.
 
     Returns
     -------
@@ -200,7 +213,12 @@ def decide_openrtb(engine: Engine, bid_request: Any, *, seat: str = "bta", cur: 
         impressions not bid on (``{"impid", "reason", ...}``). A request that cannot be read
         gives ``{"id", "seatbid": [], "nbr": 2, "ext": {"bta": {"reason":
         "fallback:bad_request", "detail": ...}}}``; every price below its floor gives ``nbr``
-        0 with reason ``"below_floor"``. Never raises.
+        0 with reason ``"below_floor"``. Never raises on the bid request.
+
+    Raises
+    ------
+    ConfigError
+        ``max_imps`` is not an integer >= 1 (the caller's argument, not request data).
 
     Examples
     --------
@@ -208,16 +226,18 @@ def decide_openrtb(engine: Engine, bid_request: Any, *, seat: str = "bta", cur: 
     ...                         "user": {"id": "u42"}})                   # doctest: +SKIP
     {'id': 'r1', 'cur': 'USD', 'seatbid': [{'seat': 'bta', 'bid': [{'id': 'r1:1', ...}]}]}
     """
+    if isinstance(max_imps, bool) or not isinstance(max_imps, int) or max_imps < 1:
+        raise ConfigError(f"max_imps must be an integer >= 1, got {max_imps!r}")
     try:
-        return _decide(engine, bid_request, seat, cur, now_ms)
+        return _decide(engine, bid_request, seat, cur, now_ms, max_imps)
     except Exception:  # noqa: BLE001 - an exchange must get an answer, never a traceback
         logger.exception("decide_openrtb failed; answering with a no-bid")
         rid = bid_request.get("id") if isinstance(bid_request, Mapping) else None
         return _no_bid(_id(rid), NBR_TECHNICAL_ERROR, "fallback:error", "internal error")
 
 
-def _decide(engine: Engine, req: Any, seat: str, cur: str, now_ms: int | None
-            ) -> dict[str, Any]:
+def _decide(engine: Engine, req: Any, seat: str, cur: str, now_ms: int | None,
+            max_imps: int) -> dict[str, Any]:
     if not isinstance(req, Mapping):
         return _no_bid(None, NBR_INVALID_REQUEST, _BAD, "the bid request is not an object")
     rid = _id(req.get("id"))
@@ -231,11 +251,11 @@ def _decide(engine: Engine, req: Any, seat: str, cur: str, now_ms: int | None
     user_id = _id(user.get("id"))
     if user_id is None:
         user_id = _id(user.get("buyeruid"))
-    consent = _consent(req, now)
+    consent = _consent(req, now)  # decoded once: the same object serves every impression
     context = _context(req)
     bids, no_bid = [], []
     seen: set[str] = set()
-    for imp in imps:
+    for imp in imps[:max_imps]:
         imp = _obj(imp)
         imp_id = _id(imp.get("id"))
         if imp_id is None or imp_id in seen:
@@ -255,8 +275,9 @@ def _decide(engine: Engine, req: Any, seat: str, cur: str, now_ms: int | None
                            "request_id": d.request_id})
             continue
         bids.append(_bid(imp_id, d))
+    invalid = all(n["reason"] == _BAD for n in no_bid)  # of the impressions decided
+    no_bid.extend(_not_decided(imps[max_imps:]))
     if not bids:
-        invalid = all(n["reason"] == _BAD for n in no_bid)
         out = _no_bid(rid, NBR_INVALID_REQUEST if invalid else NBR_UNKNOWN,
                       _BAD if invalid else "below_floor",
                       "no impression could be read" if invalid else
@@ -267,6 +288,12 @@ def _decide(engine: Engine, req: Any, seat: str, cur: str, now_ms: int | None
     if no_bid:
         out["ext"] = {"bta": {"no_bid": no_bid}}
     return out
+
+
+def _not_decided(imps: list) -> list[dict[str, Any]]:
+    """The ``no_bid`` entries of impressions past ``max_imps``: their ids only, read cheaply."""
+    return [{"impid": _id(imp.get("id")) if isinstance(imp, Mapping) else None,
+             "reason": _TOO_MANY} for imp in imps]
 
 
 def user_data(book: Any, user_id: Any, *, segtax: int | None = None, provider: str = "bta",
