@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import hmac
 import functools
@@ -105,38 +103,19 @@ SCREEN_UNDER_AGE = 2
 SCREEN_SENSITIVE = 3
 SCREEN_REASONS = ("ok", "opt_out", "under_age", "sensitive")
 
-# TCF v2 core string layout: purposes consent bits start after these fields (bit widths):
-# Version 6, Created 36, LastUpdated 36, CmpId 12, CmpVersion 12, ConsentScreen 6,
-# ConsentLanguage 12, VendorListVersion 12, TcfPolicyVersion 6, IsServiceSpecific 1,
-# UseNonStandardTexts 1, SpecialFeatureOptIns 12, then PurposesConsent 24.
-_TCF_PURPOSES_OFFSET = 6 + 36 + 36 + 12 + 12 + 6 + 12 + 12 + 6 + 1 + 1 + 12
-_TCF_N_PURPOSES = 24
-
-
 def tcf_purposes(consent: str) -> frozenset[int] | None:
-    """Purposes (1-24) with consent in a TCF v2 consent string's core segment.
+    """Purposes (1-24) with consent in a TCF v2 TC string.
 
-    Returns ``None`` when the string cannot be decoded (callers treat that as no consent).
+    The string is decoded strictly by :func:`bta._privacy_signals.decode_tcf` (the one TCF
+    decoder); returns ``None`` when it is malformed (callers treat that as no consent).
     Never raises.
     """
+    from bta._privacy_signals import decode_tcf  # lazy: the decoder is needed at serving only
+
     try:
-        core = consent.split(".")[0]
-        raw = base64.urlsafe_b64decode(core + "=" * (-len(core) % 4))
-    except (AttributeError, ValueError, binascii.Error, TypeError):
+        return frozenset(decode_tcf(consent).purposes_consent)
+    except Exception:  # noqa: BLE001 - a malformed string is no consent, never an error
         return None
-    n_bits = len(raw) * 8
-    if n_bits < _TCF_PURPOSES_OFFSET + _TCF_N_PURPOSES:
-        return None
-    bits = int.from_bytes(raw, "big")
-    version = bits >> (n_bits - 6)
-    if version != 2:
-        return None
-    out = set()
-    for p in range(_TCF_N_PURPOSES):
-        pos = _TCF_PURPOSES_OFFSET + p  # bit index from the most significant bit
-        if (bits >> (n_bits - 1 - pos)) & 1:
-            out.add(p + 1)
-    return frozenset(out)
 
 
 def pseudonymize(user_ids: Any, key: bytes) -> Any:

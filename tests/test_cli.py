@@ -564,3 +564,26 @@ def test_yan_table_counts_the_historys_human_ad_events():
     got = table[table["segment"] == seg].set_index("ad_id")["impressions"]
     for cat, n in got.items():
         assert n == want.get(cat, 0)
+
+
+@pytest.mark.parametrize("requests", ["req.csv", "req.parquet"])
+def test_text_opt_outs_protect_integer_users(files, tmp_path, capsys, requests):
+    """TOML opt-outs written as text ("92") protect users whose ids the request log holds as
+    integers or as text: ids compare in one canonical form (bta.ids)."""
+    text = (files / "engine.toml").read_text()
+    opt_out = int(text.split("opt_outs = [")[1].split("]")[0])
+    req = pd.read_parquet(files / "req.parquet")
+    other = next(int(u) for u in req["user_id"] if int(u) != opt_out)
+    cfg = tmp_path / "engine.toml"
+    cfg.write_text(text.replace(f"opt_outs = [{opt_out}]",
+                                f'opt_outs = ["{opt_out}", "{other}"]'))
+    for name in ("fm.parquet", "seg.parquet"):
+        (tmp_path / name).write_bytes((files / name).read_bytes())
+    code, _, _ = run(capsys, "replay", files / requests, "--config", cfg,
+                     "--out", tmp_path / "dec.parquet", "-q")
+    assert code == 0
+    got = pd.read_parquet(tmp_path / "dec.parquet")
+    mine = got["user_id"].astype(str).isin([str(opt_out), str(other)])
+    assert mine.any()
+    assert not got.loc[mine, "targeted"].any()
+    assert set(got.loc[mine & (got["arm"] == "targeted"), "reason"]) <= {"fallback:opt_out"}

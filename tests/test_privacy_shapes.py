@@ -387,6 +387,16 @@ def test_openrtb_restrictive_flags_mean_the_same_in_every_type(path):
     assert _openrtb_reason(req([1])) != "ok"
 
 
+def test_openrtb_gpp_and_gpc_are_read():
+    assert _openrtb_reason({"regs": {"gpp": "DBABLA~BVVVVVVVVWA", "gpp_sid": [7]}}) == "opt_out"
+    assert _openrtb_reason({"regs": {"ext": {"gpp": "DBABTA~1YYN", "gpp_sid": [6]}}}) == \
+        "opt_out"
+    assert _openrtb_reason({"regs": {"gpp": "DBABTA~1YNN", "gpp_sid": [6]}}) == "ok"
+    assert _openrtb_reason({"regs": {"gpp": "DBABTA~1YNN!", "gpp_sid": [6]}}) == "bad_consent"
+    assert _openrtb_reason({"regs": {"ext": {"gpc": 1}}}) == "opt_out"
+    assert _openrtb_reason({"regs": {"ext": {"gpc": "1"}}}) == "opt_out"
+
+
 def test_openrtb_gdpr_atts_and_ages_in_every_type():
     for v in _ONE:
         assert _openrtb_reason({"regs": {"gdpr": v}}) == "no_consent"
@@ -428,6 +438,21 @@ TABLE = [
     ("purposes",         {"purposes": "34"},                               "bad_consent"),
     ("purposes+tcf",     {"purposes": [3, 4], "tcf": NOT_GRANTED},         "no_consent"),
     ("gdpr",             {"gdpr": None},                                   "ok"),
+    # GPP strings published by the specification and the IAB reference libraries
+    # (see tests/test_privacy_signals.py for their sources and decoded fields)
+    ("gpp usnat",        {"gpp": "DBABLA~BVVVVVVVVWA", "gpp_sid": [7]},    "opt_out"),
+    ("gpp usnat",        {"gpp": "DBABLA~BVQqAAAAAgA.QA", "gpp_sid": [7]}, "ok"),
+    ("gpp usp",          {"gpp": "DBABTA~1YYN", "gpp_sid": [6]},           "opt_out"),
+    ("gpp usp",          {"gpp": "DBABTA~1YNN", "gpp_sid": "6"},           "ok"),
+    ("gpp tcf eu",       {"gpp": "DBABMA~CPXxRfAPXxRfAAfKABENB-CgAAAAAAAAAAYgAAAAAAAA",
+                          "gpp_sid": [2]},                                 "no_consent"),
+    ("gpp tcf eu",       {"gpp": "DBABMA~" + GRANTED, "gpp_sid": [2]},     "ok"),
+    ("gpp tcf eu",       {"gpp": "DBABMA~" + GRANTED, "tcf": NOT_GRANTED}, "no_consent"),
+    ("gpp missing sid",  {"gpp": "DBABTA~1YNN", "gpp_sid": [7]},           "bad_consent"),
+    ("gpp malformed",    {"gpp": "garbage", "gpp_sid": [7]},               "bad_consent"),
+    ("gpp malformed",    {"gpp": "DBABTA~1YNN~", "gpp_sid": [6]},          "bad_consent"),
+    ("gpp sid alone",    {"gpp_sid": [7]},                                 "bad_consent"),
+    ("gpc",              {"gpc": "1", "gpp": "DBABTA~1YNN"},               "opt_out"),
     ("order",            {"opt_out": 1, "purposes": "34"},                 "opt_out"),
     ("order",            {"coppa": 1, "purposes": "34"},                   "under_age"),
 ]
