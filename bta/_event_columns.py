@@ -390,7 +390,10 @@ def _refuse_other_formats(s: pd.Series, failed: np.ndarray, where: str) -> None:
     format; texts that read as no date at all are left to be bad times."""
     if not failed.any():
         return
-    texts = pd.unique(s[failed].astype(object))
+    texts = np.array([t for t in pd.unique(s[failed].astype(object)) if isinstance(t, str)],
+                     dtype=object)
+    if not len(texts):
+        return
     other = _to_datetime(pd.Series(texts, dtype=object), "mixed").notna().to_numpy()
     if other.any():
         example = texts[int(np.flatnonzero(other)[0])]

@@ -113,9 +113,30 @@ def _read_events(path: str, quiet: bool):
 
     p = Progress(quiet=quiet).start("read and validate events")
     df = read_table(path, "events file", required=("user_id", "ts", "event"))
+    if str(path).lower().endswith((".csv", ".csv.gz")):
+        df = _ids_as_text(df, path)
     log = EventLog.from_pandas(df, errors="quarantine")
     p.done(f"({log.n_rows:,} rows)")
     return df, log
+
+
+def _ids_as_text(df: Any, path: str) -> Any:
+    """The CSV's id columns as the text the file holds.
+
+    A CSV reader that infers types turns a column of digits into numbers: ``"001"`` and
+    ``"1"`` become one user 1, unless some other row holds a letter, when all stay text. An
+    id's identity must not depend on the other rows, so the id columns that came back as
+    anything but text are read again as text (the file has just parsed, so this cannot fail).
+    """
+    import pandas as pd
+
+    from bta.events import ID_COLUMNS
+
+    again = [c for c in ID_COLUMNS if c in df.columns
+             and not (pd.api.types.is_string_dtype(df[c].dtype) or df[c].dtype == object)]
+    if again:
+        df = df.assign(**pd.read_csv(path, usecols=again, dtype=str))
+    return df
 
 
 def _features(args: argparse.Namespace) -> int:
@@ -325,10 +346,15 @@ def _demo(args: argparse.Namespace) -> int:
     from bta.sim import WorldConfig, build_targeting, make_world, run_experiment
 
     _check_positive(args, "users", "days")
-    train_days = args.train_days
+    if args.days < 2:
+        raise ConfigError(f"--days must be at least 2 (a day of history, one of experiment), "
+                          f"got {args.days}")
+    # the default follows --days: two weeks of history, or half the days of a shorter world
+    train_days = min(14, args.days // 2) if args.train_days is None else args.train_days
     if not 1 <= train_days < args.days:
         raise ConfigError(f"--train-days must be between 1 and --days - 1 = {args.days - 1}, "
                           f"got {train_days}")
+    args.train_days = train_days  # the report lists the value used
     cfg = WorldConfig(n_users=args.users, days=args.days, seed=args.seed,
                       informative=not args.null)
     kind = "null world: behavior says nothing about response" if args.null else "default world"
@@ -417,8 +443,9 @@ def _parser() -> argparse.ArgumentParser:
                 "A/B table and write a report folder (Markdown, PNG charts, CSV tables).")
     d.add_argument("--users", type=int, default=50_000, help="simulated users (default 50,000)")
     d.add_argument("--days", type=int, default=30, help="simulated days (default 30)")
-    d.add_argument("--train-days", type=int, default=14,
-                   help="days of history before the experiment (default 14)")
+    d.add_argument("--train-days", type=int, default=None,
+                   help="days of history before the experiment (default 14, or half of "
+                        "--days when that is less)")
     d.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     d.add_argument("--null", action="store_true",
                    help="the null world: behavior carries no information about response")

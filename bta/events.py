@@ -323,7 +323,7 @@ class EventLog:
             raise SchemaError(f"df must be a pandas DataFrame, got {type(df).__name__}")
         sources = _resolve(columns, list(df.columns))
         raw = {c: df[src] for c, src in sources.items()}
-        return _ingest(raw, sources, len(df), lambda rows: df.iloc[rows], opts)
+        return _ingest(raw, sources, len(df), lambda rows: _take_rows(df, rows), opts)
 
     @classmethod
     def from_polars(cls, frame: Any, columns: Mapping[str, Hashable] | None = None,
@@ -368,8 +368,7 @@ class EventLog:
             if names.count(src) > 1:
                 raise SchemaError(f"{_where(c, src)} appears more than once")
         raw = {c: table.column(src) for c, src in sources.items()}
-        return _ingest(raw, sources, table.num_rows,
-                       lambda rows: table.take(pa.array(rows, pa.int64())).to_pandas(), opts)
+        return _ingest(raw, sources, table.num_rows, lambda rows: _take_rows(table, rows), opts)
 
     @classmethod
     def from_parquet(cls, path_or_paths: str | os.PathLike | Sequence[str | os.PathLike],
@@ -857,3 +856,28 @@ for _meth in (EventLog.from_pandas, EventLog.from_arrays):
 def _is_polars(x: Any) -> bool:
     """A polars DataFrame or LazyFrame (told by module, so polars need not be installed)."""
     return type(x).__module__.split(".")[0] == "polars" and hasattr(x, "select")
+
+
+def _take_rows(data: Any, rows: np.ndarray) -> pd.DataFrame:
+    """Rows of a pandas frame or an Arrow table as a pandas frame (for the quarantine).
+
+    Arrow's ``take`` has no kernel for the view types (``string_view``, ``binary_view``, as
+    polars and DuckDB write them), in a table or behind a ``pd.ArrowDtype``: those columns
+    are taken as their large equivalents.
+    """
+    import pyarrow as pa
+
+    views = {pa.string_view(): pa.large_string(), pa.binary_view(): pa.large_binary()}
+    if isinstance(data, pd.DataFrame):
+        cast = {i: views[t.pyarrow_dtype] for i, t in enumerate(data.dtypes)
+                if isinstance(t, pd.ArrowDtype) and t.pyarrow_dtype in views}
+        if cast:  # pandas cannot astype these either: cast the Arrow data itself
+            data = data.copy(deep=False)
+            for i, t in cast.items():
+                arr = data.iloc[:, i].array.__arrow_array__().cast(t)
+                data.isetitem(i, pd.Series(pd.arrays.ArrowExtensionArray(arr), index=data.index))
+        return data.iloc[rows]
+    schema = pa.schema([f.with_type(views.get(f.type, f.type)) for f in data.schema])
+    if schema != data.schema:
+        data = data.cast(schema)
+    return data.take(pa.array(rows, pa.int64())).to_pandas()

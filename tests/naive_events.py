@@ -89,7 +89,8 @@ def ingest(rows, event_types=(), strict=True, lo=0, hi=None, unit="ms", dedupe="
         else:
             c = r.get("category")
             key = (u, t, e) + tuple(MISSING if _is_null(r.get(k)) else r.get(k) for k in (
-                "category", "value", "session_id", "item_id", "event_id"))
+                "category", "value", "session_id", "item_id")) + (
+                MISSING if _is_null(eid) or eid == "" else eid,)  # an empty id is no id
             if dedupe == "exact" and key in keys:
                 reasons.append("duplicate")
                 continue

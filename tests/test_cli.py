@@ -587,3 +587,33 @@ def test_text_opt_outs_protect_integer_users(files, tmp_path, capsys, requests):
     assert mine.any()
     assert not got.loc[mine, "targeted"].any()
     assert set(got.loc[mine & (got["arm"] == "targeted"), "reason"]) <= {"fallback:opt_out"}
+
+
+# ---- CSV ids are text; the demo's history follows --days -----------------------------------
+@settings(max_examples=15, deadline=None)
+@given(ids=st.lists(st.from_regex(r"0{0,2}[0-9]{1,3}", fullmatch=True), min_size=1, max_size=8),
+       letter=st.booleans())
+def test_csv_ids_stay_text_through_the_command(tmp_path_factory, ids, letter):
+    """"001" and "1" are two users (and two categories), whatever the other rows hold."""
+    d = tmp_path_factory.mktemp("ids")
+    ids = ids + (["x1"] if letter else [])
+    df = pd.DataFrame({"user_id": ids, "ts": [f"2026-01-01T00:0{i % 10}:00" for i in
+                                              range(len(ids))],
+                       "event": "page_view", "category": ids})
+    df.to_csv(d / "e.csv", index=False)
+    assert main(["features", str(d / "e.csv"), "--out", str(d / "f.parquet"), "-q"]) == 0
+    fm = load_features(d / "f.parquet")
+    assert sorted(fm.users.tolist()) == sorted(set(ids))
+    cats = {n.split(":")[2] for n in fm.feature_names if n.startswith("count:page_view:")}
+    assert cats == set(ids)
+
+
+def test_demo_train_days_follow_days(tmp_path, capsys):
+    code, out, err = run(capsys, "demo", "--users", "400", "--days", "7", "-q", "--out",
+                         tmp_path / "r")
+    assert code == 0, err
+    assert "7 days (3 of history, 4 of experiment)" in out.splitlines()[0]
+    code, _, err = run(capsys, "demo", "--days", "1", "-q", "--out", tmp_path / "r1")
+    assert code == 2
+    assert one_line_error(err) == ("bta: error: demo: --days must be at least 2 (a day of "
+                                   "history, one of experiment), got 1")
