@@ -587,6 +587,10 @@ def _cfg_cases():
          "pending_ttl_s must be a finite number > 0, got 0"),
         (dict(campaigns=[ok], fallback=house, count_on="win", max_pending=0),
          "max_pending must be an integer >= 1, got 0"),
+        (dict(campaigns=[ok], fallback=house, max_history_entries=0),
+         "max_history_entries must be an integer >= 1, got 0"),
+        (dict(campaigns=[ok], fallback=house, max_history_entries=True),
+         "max_history_entries must be an integer >= 1, got True"),
     ]
 
 
