@@ -217,23 +217,28 @@ def _read_events(x: np.ndarray | pd.Series, where: str) -> tuple[np.ndarray, lis
     return codes, names
 
 
+def _date_integers(ok: np.ndarray) -> bool:
+    """Whether every number reads as a ``YYYYMMDD`` date of 1900-2199 (``19970101``)."""
+    if not len(ok) or ok.min() < 19_000_101 or ok.max() > 21_991_231:
+        return False
+    whole = ok.astype(np.int64)
+    if not (whole == ok).all():
+        return False
+    month, day = whole // 100 % 100, whole % 100
+    return bool(((month >= 1) & (month <= 12) & (day >= 1) & (day <= 31)).all())
+
+
 def _refuse_date_integers(ok: np.ndarray, vals: np.ndarray, where: str) -> None:
-    """Raise if every number reads as a ``YYYYMMDD`` date (``19970101``).
+    """Raise if every number (``ok``: the non-null ones of ``vals``) reads as a date.
 
     Read as epoch seconds such a column falls in August 1970 (as milliseconds, on its first
     day), where no real log lies; read as dates it is 1900-2199. Which one is meant is not
     bta's to guess: the caller says ``ts_format="%Y%m%d"`` or ``ts_unit``.
     """
-    if not len(ok) or ok.min() < 19_000_101 or ok.max() > 21_991_231:
-        return
-    whole = ok.astype(np.int64)
-    if not (whole == ok).all():
-        return
-    month, day = whole // 100 % 100, whole % 100
-    if ((month >= 1) & (month <= 12) & (day >= 1) & (day <= 31)).all():
+    if _date_integers(ok):
         i = int(np.flatnonzero(vals == ok[0])[0])
         raise SchemaError(f"{where} holds numbers that read as YYYYMMDD dates (e.g. "
-                          f"{int(whole[0])} at row {i}) as well as epoch times in 1970; pass "
+                          f"{int(ok[0])} at row {i}) as well as epoch times in 1970; pass "
                           "ts_format='%Y%m%d' to read dates, or ts_unit='s' or 'ms' for epoch "
                           "times")
 
@@ -245,10 +250,11 @@ def _epoch_numbers(vals: np.ndarray, missing: np.ndarray | None, unit: str, wher
         ok = vals if missing is None else vals[~missing]
         if vals.dtype.kind == "f":
             ok = ok[np.isfinite(ok)]
-        _refuse_date_integers(ok, vals, where)
         # A strided sample keeps this O(1) in the number of rows; the decision is one
         # for the whole column, so a few stray rows cannot flip it.
         step = max(1, len(ok) // 100_001)
+        if _date_integers(ok[::step]):  # the whole column is looked at only if the sample is
+            _refuse_date_integers(ok, vals, where)
         sample = np.abs(ok[::step].astype(np.float64))
         unit = "s" if len(sample) and float(np.median(sample)) < _SECONDS_BELOW else "ms"
     scale = 1000 if unit == "s" else 1

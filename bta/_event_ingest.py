@@ -21,7 +21,6 @@ from bta._event_schema import (
     _DIRECT_SPAN_SLACK,
     _REASON_COLUMN,
     _REASON_TEXT,
-    _DEDUPE_REASONS,
     COLUMNS,
     DEDUPE_MODES,
     DEFAULT_MAX_FUTURE,
@@ -42,7 +41,7 @@ from bta.privacy import SCREEN_REASONS, PrivacyPolicy, pseudonymize
 if TYPE_CHECKING:
     from bta.events import EventLog
 
-__all__ = ["_Options", "_ingest"]
+__all__ = ["_Options", "_ingest", "_session_codes"]
 
 
 @dataclasses.dataclass(frozen=True)

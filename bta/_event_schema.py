@@ -27,7 +27,6 @@ __all__ = [
     "REMOVAL_REASONS",
     "STANDARD_EVENTS",
     "_CLICK",
-    "_DEDUPE_REASONS",
     "_DIRECT_SPAN_SLACK",
     "_IMPRESSION",
     "_MAX_EPOCH_S",
@@ -57,9 +56,6 @@ ID_COLUMNS = ("user_id", "category", "item_id", "session_id", "event_id")
 #: Quarantine reason codes, in the order they are checked.
 REASONS = ("missing_user", "bad_time", "epoch_zero", "time_out_of_range", "future_time",
            "unknown_event", "bad_value", "duplicate_event_id", "duplicate")
-#: Reasons that are not errors but the deduplication asked for (``dedupe=``): rows set aside
-#: for them never make ``errors="raise"`` raise.
-_DEDUPE_REASONS = ("duplicate_event_id", "duplicate")
 #: Why accepted rows left a log (``EventLog.removed``): privacy screening at ingestion,
 #: retention and erasure.
 REMOVAL_REASONS = SCREEN_REASONS[1:] + ("expired", "erased")
