@@ -120,7 +120,7 @@ def _read_events(path: str, quiet: bool):
     return df, log
 
 
-def _ids_as_text(df: Any, path: str) -> Any:
+def _ids_as_text(df: Any, path: str, columns: tuple[str, ...] | None = None) -> Any:
     """The CSV's id columns as the text the file holds.
 
     A CSV reader that infers types turns a column of digits into numbers: ``"001"`` and
@@ -132,7 +132,7 @@ def _ids_as_text(df: Any, path: str) -> Any:
 
     from bta.events import ID_COLUMNS
 
-    again = [c for c in ID_COLUMNS if c in df.columns
+    again = [c for c in (ID_COLUMNS if columns is None else columns) if c in df.columns
              and not (pd.api.types.is_string_dtype(df[c].dtype) or df[c].dtype == object)]
     if again:
         df = df.assign(**pd.read_csv(path, usecols=again, dtype=str))
@@ -267,6 +267,9 @@ def _replay(args: argparse.Namespace) -> int:
     from bta.serve import DecisionLog
 
     req = read_table(args.requests, "request log", required=("user_id",))
+    if str(args.requests).lower().endswith((".csv", ".csv.gz")):
+        # "001" and "1" are two users, whatever the other rows hold (see _ids_as_text)
+        req = _ids_as_text(req, args.requests, ("user_id", "request_id"))
     if "ts" in req.columns:
         ts = req["ts"]
         if not (pd.api.types.is_datetime64_any_dtype(ts) or pd.api.types.is_integer_dtype(ts)):
