@@ -1,6 +1,7 @@
 """Serving latency and throughput: ``Engine.decide`` p50/p99, ``decide_batch`` decisions/s (a
 replay of 1M requests over 100 campaigns at full scale, at one time or spread over a day,
-against a loop of ``decide`` in the same run), in process and through Redis.
+against a loop of ``decide`` in the same run), in process and through Redis; the worst case of
+``decide`` on hostile input (multi-megabyte fields of every kind) beside the normal p50/p99.
 
 The full run (``BTA_BENCH_SCALE=1``) serves 1,000 creatives (500 campaigns of 2) over 100
 segments, with a 100-tree LightGBM click model (flattened by ``TreeScorer.from_lightgbm``)
@@ -319,6 +320,125 @@ def test_decide_latency_in_process(benchmark, request, world, bench_requests):
                      f"loop of about decide's median length, timed the same way: p50 "
                      f"{f50:.1f} us, p99 {f99:.1f} us (p99/p50 {f99 / f50:.2f}; decide "
                      f"{np.percentile(us, 99) / np.median(us):.2f})")
+
+
+# ---- hostile input: the worst case of decide ------------------------------------------------------
+#: What a hostile request may cost ``decide`` beyond a normal one (the bounds' target, us).
+TARGET_HOSTILE_EXCESS_US = 1_000.0
+N_HOSTILE_RUNS = 20  # each hostile request timed this many times; its shortest run counts
+
+
+def _hostile_payload(kind: str, size: int) -> Any:
+    """About ``size`` bytes of one kind: text, a flat list, a dict, lists nested deep, an int."""
+    if kind == "text":
+        return "1" * size
+    if kind == "list":
+        return ["x"] * (size // 8)
+    if kind == "dict":
+        return {f"k{i}": i for i in range(size // 100)}
+    if kind == "deep":
+        x: Any = []
+        for _ in range(size // 64):
+            x = [x]
+        return x
+    return 1 << (8 * size)
+
+
+def hostile_battery(world: World, base: dict) -> list[tuple[str, dict, set]]:
+    """(label, request, the reasons it may get): a multi-megabyte field of every kind in every
+    field a request has (1 MB and 8 MB), and a request with 200,000 extra keys."""
+    from bta.serve.engine import Request
+    from bta.serve.store import Profile
+
+    bad, bad_profile = {"fallback:bad_request"}, {"fallback:bad_profile"}
+    feature = world.store.feature_names[0]
+    out = []
+    for size in (1 << 20, 8 << 20):
+        for kind in ("text", "list", "dict", "deep", "int"):
+            x = _hostile_payload(kind, size)
+            n = size // 8
+            cases = [
+                ("user_id", {**base, "user_id": x}, bad),
+                ("ts", {**base, "ts": x if kind != "int" else "1" * size}, bad),
+                ("request_id", {**base, "request_id": x}, bad),
+                ("consent", {**base, "consent": x}, bad),
+                ("consent value", {**base, "consent": {"gdpr": 1, "tcf": x}},
+                 bad | {"fallback:bad_consent"}),
+                ("context", {**base, "context": x}, bad),
+                ("context value", Request(user_id=base["user_id"], ts=base["ts"],
+                                          request_id=base["request_id"],
+                                          context={"page_category": x}), bad),
+                ("top-level context", {**base, "slot": x}, bad),
+                ("profile", {**base, "profile": x}, bad_profile),
+                ("profile value", {**base, "profile": {feature: x}}, bad_profile),
+                ("profile segments", {**base, "profile": {"segments": x}}, bad_profile),
+                ("Profile arrays", {**base, "profile": Profile(
+                    np.zeros(n, np.int32), np.ones(n), np.zeros(len(world.store.segment_names),
+                                                                bool))}, bad_profile),
+            ]
+            out += [(f"{field}: {kind} of {size >> 20} MB", r, ok) for field, r, ok in cases]
+    out.append(("200,000 extra keys", {**base, **{f"k{i}": i for i in range(200_000)}}, None))
+    return out
+
+
+def _shortest_us(fn: Callable, n: int) -> float:
+    best = math.inf
+    clock = time.perf_counter_ns
+    for _ in range(n):
+        t0 = clock()
+        fn()
+        best = min(best, clock() - t0)
+    return best / 1000.0
+
+
+def test_decide_hostile_worst_case(benchmark, request, world, bench_requests):
+    """The worst ``decide`` time over a battery of hostile requests (multi-megabyte fields of
+    each kind), beside the normal p50/p99 of the same run; each hostile request is first
+    checked to get its fallback, then timed by its shortest of 20 runs (the machine's stalls
+    only add time), against the shortest run of the normal request it was made from."""
+    engine = make_engine(world)
+    reqs = bench_requests[: _n(20_000, 1_000)]
+    for r in reqs[:200]:
+        engine.decide(r)
+    wall, _cpu = latencies_us(engine, reqs)
+    p50, p99 = (float(x) for x in np.percentile(wall, [50, 99]))
+    base = dict(reqs[0])
+    normal = engine.decide(base).reason
+    battery = hostile_battery(world, base)
+    for label, r, ok in battery:  # check before timing
+        got = engine.decide(r).reason
+        assert got in (ok if ok is not None else {normal}), (label, got)
+    results = {}
+
+    def run():
+        results["normal"] = _shortest_us(lambda: engine.decide(base), N_HOSTILE_RUNS)
+        for label, r, _ok in battery:
+            results[label] = _shortest_us(lambda: engine.decide(r), N_HOSTILE_RUNS)
+
+    benchmark.pedantic(run, rounds=1, iterations=1, warmup_rounds=0)
+    normal_us = results.pop("normal")
+    worst = max(results, key=results.get)
+    worst_us = results[worst]
+    benchmark.extra_info.update(p50_us=p50, p99_us=p99, normal_shortest_us=normal_us,
+                                hostile_worst_us=worst_us, hostile_worst=worst,
+                                n_hostile=len(results), scale=bench_scale())
+    _report(request, f"decide on hostile input: {len(results)} requests with multi-MB fields, "
+                     f"each the shortest of {N_HOSTILE_RUNS} runs: worst {worst_us:.1f} us "
+                     f"({worst}); the normal request they were made from {normal_us:.1f} us; "
+                     f"normal decide in the same run: {len(reqs):,} requests, p50 {p50:.1f} us, "
+                     f"p99 {p99:.1f} us (target: worst - normal < "
+                     f"{TARGET_HOSTILE_EXCESS_US:.0f} us)")
+    assert worst_us - normal_us < TARGET_HOSTILE_EXCESS_US, (worst, worst_us, normal_us)
+    # within the bounds, the privacy gate decodes: the longest consent string accepted, made
+    # of the most TCF ranges a string of that length can hold, is its worst case
+    from bta.serve._request import MAX_CONSENT_CHARS
+
+    longest = {**base, "consent": {"gdpr": 1, "tcf": "C" * MAX_CONSENT_CHARS}}
+    engine.decide(longest)
+    consent_us = _shortest_us(lambda: engine.decide(longest), N_HOSTILE_RUNS)
+    benchmark.extra_info.update(longest_consent_us=consent_us)
+    _report(request, f"decide with the longest consent string accepted ({MAX_CONSENT_CHARS:,} "
+                     f"characters of TCF ranges, decoded by the gate): {consent_us:.1f} us")
 
 
 def replay_frame(world: World, n: int, seed: int) -> pd.DataFrame:

@@ -34,14 +34,16 @@ a context value          text of at most 256    :data:`MAX_CONTEXT_CHARS`,
                          them (no nesting)
 ``consent``              a mapping of at most   :data:`MAX_CONSENT_KEYS`
                          32 keys
-a consent text value     8,192 characters       :data:`MAX_CONSENT_CHARS`
+a consent text value     4,096 characters       :data:`MAX_CONSENT_CHARS`
                          (a TCF or GPP string)
+a consent number         within 64 bits         :data:`INT_ID_MIN`, :data:`INT_ID_MAX`
 a consent collection     4,096 items, each a    :data:`MAX_CONSENT_ITEMS`,
                          scalar or text of at   :data:`MAX_CONSENT_ITEM_CHARS`
                          most 64 characters
                          (no nesting)
 ``profile`` (mapping)    the store's features   (the store's layout)
-                         + 1 entries
+                         + 1 entries; integer
+                         values within 64 bits
 ``profile["segments"]``  4,096 names            :data:`MAX_PROFILE_SEGMENTS`
 ``profile`` (Profile)    as many entries as     (the store's layout),
                          the store has          :data:`MAX_PROFILE_SEGMENTS`
@@ -99,10 +101,11 @@ MAX_CONTEXT_VALUES = 64
 #: Keys of the ``consent`` mapping (the gate reads about a dozen).
 MAX_CONSENT_KEYS = 32
 #: Longest consent text (a TCF TC string or a GPP string). Real ones are a few hundred
-#: characters to a few KiB (they live in 4 KiB cookies); decoding costs about 0.4 us a
-#: character of a string built of many ranges (27 ms at 64 KiB), so the bound is kept near
-#: the real sizes: 8 KiB, about 3 ms at worst.
-MAX_CONSENT_CHARS = 8_192
+#: characters to a few KiB: CMPs keep them in cookies of at most 4 KiB. Within the bound the
+#: privacy gate decodes the string, at up to about 0.27 us a character for a string made of
+#: as many TCF ranges as it can hold (measured: 1.1 ms at 4 KiB, 27 ms at 64 KiB), so the
+#: bound is the cookie's.
+MAX_CONSENT_CHARS = 4_096
 #: Items of a consent collection (purposes, vendors, GPP section ids; the TCF vendor list has
 #: about 1,000 vendors).
 MAX_CONSENT_ITEMS = 4_096
@@ -194,7 +197,7 @@ def _user_key(u: Any) -> str | None:
     """The canonical form of an acceptable user id (see the bounds), else None."""
     t = type(u)
     if t is int:  # the common cases first: no more checks
-        return str(u) if INT_ID_MIN <= u <= INT_ID_MAX else None
+        return str(u) if _int_ok(u) else None
     if t is str:
         return u if 0 < len(u) <= MAX_USER_ID_CHARS else None
     if u is None or isinstance(u, (bool, np.bool_, float)):
@@ -202,7 +205,7 @@ def _user_key(u: Any) -> str | None:
     if isinstance(u, str):
         return canonical_id(u) if 0 < len(u) <= MAX_USER_ID_CHARS else None
     if isinstance(u, (int, np.integer)):
-        return canonical_id(u) if INT_ID_MIN <= int(u) <= INT_ID_MAX else None
+        return canonical_id(u) if _int_ok(int(u)) else None
     return None
 
 
@@ -235,7 +238,15 @@ def _flat_ok(items: Any, max_items: int, max_chars: int) -> bool:
     return all(_scalar_ok(x, max_chars) for x in items)
 
 
+def _int_ok(x: int) -> bool:
+    """An int within 64 bits: a larger one costs linear time to convert (``float()`` of an
+    8 MB integer takes a millisecond), and no signal or feature needs it."""
+    return INT_ID_MIN <= x <= INT_ID_MAX
+
+
 def _scalar_ok(x: Any, max_chars: int) -> bool:
+    if type(x) is int:
+        return _int_ok(x)
     if type(x) in _PLAIN:
         return True
     if isinstance(x, (str, bytes, bytearray)):
@@ -253,6 +264,10 @@ def _check_consent(consent: Any) -> Mapping | None:
     if len(consent) > MAX_CONSENT_KEYS:
         raise ValueError("consent has too many keys")
     for v in consent.values():
+        if type(v) is int:
+            if not _int_ok(v):
+                raise ValueError("a consent number is too large")
+            continue
         if type(v) in _PLAIN:
             continue
         if isinstance(v, (str, bytes, bytearray)):
@@ -276,7 +291,7 @@ def _ctx_text(x: Any) -> str | None:
         return str(x) if x else None
     if isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_)):
         x = int(x)
-        if not INT_ID_MIN <= x <= INT_ID_MAX:
+        if not _int_ok(x):
             raise ValueError("a context value is too long")
         return str(x)
     if _is_collection(x):
@@ -436,6 +451,8 @@ def request_profile(raw: Any, store: Any, segment_names: tuple[str, ...]) -> Pro
         if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer,
                                                                  np.floating)):
             raise ValueError("a profile feature must be a number")
+        if isinstance(v, int) and not _int_ok(v):
+            raise ValueError("a profile feature is too large")
         idx.append(j)
         val.append(float(v))
     return Profile(np.array(idx, dtype=np.int32), np.array(val, dtype=np.float64), flags,
