@@ -178,30 +178,33 @@ def _payload(kind: str, size: int) -> Any:
     return 1 << (8 * size)  # an integer of ``size`` bytes
 
 
-def _hostile(world, field: str, kind: str, size: int) -> tuple[dict | Request, str]:
-    """(a request with the payload in ``field``, the reason it must get)."""
+def hostile_request(store, field: str, kind: str, size: int, base: dict | None = None
+                    ) -> tuple[dict | Request, str]:
+    """(``base`` with a payload of ``kind`` and about ``size`` bytes in ``field``, the reason
+    it must get); also the benchmark's battery (``benchmarks/test_bench_serve.py``)."""
+    base = _base() if base is None else base
     x = _payload(kind, size)
-    if field in ("user_id", "ts", "request_id"):
-        return _base(**{field: x}), BAD
-    if field == "consent":
-        return _base(consent=x), BAD
+    if field in ("user_id", "ts", "request_id", "consent", "context", "profile"):
+        return {**base, field: x}, BAD_PROFILE if field == "profile" else BAD
     if field == "consent value":
-        return _base(consent={"tcf": x} if kind != "deep" else {"purposes": x}), BAD
-    if field == "context":
-        return _base(context=x), BAD
+        return {**base, "consent": {"gdpr": 1, "tcf": x} if kind != "deep" else
+                {"purposes": x}}, BAD
     if field == "context value":
-        return Request(user_id=3, ts=T0, request_id="r-1", context={"page_category": x}), BAD
+        return Request(user_id=base["user_id"], ts=base["ts"], request_id=base["request_id"],
+                       context={"page_category": x}), BAD
     if field == "top-level context":
-        return _base(slot=x), BAD
-    if field == "profile":
-        return _base(profile=x), BAD_PROFILE
+        return {**base, "slot": x}, BAD
     if field == "profile value":
-        return _base(profile={_known_feature(world): x}), BAD_PROFILE
+        return {**base, "profile": {store.feature_names[0]: x}}, BAD_PROFILE
     if field == "profile segments":
-        return _base(profile={"segments": x}), BAD_PROFILE
+        return {**base, "profile": {"segments": x}}, BAD_PROFILE
     n = size // 8  # a Profile with arrays of that size
-    return _base(profile=Profile(np.zeros(n, np.int32), np.ones(n), np.zeros(3, bool))), \
-        BAD_PROFILE
+    return {**base, "profile": Profile(np.zeros(n, np.int32), np.ones(n),
+                                       np.zeros(len(store.segment_names), bool))}, BAD_PROFILE
+
+
+def _hostile(world, field: str, kind: str, size: int) -> tuple[dict | Request, str]:
+    return hostile_request(world["store"], field, kind, size)
 
 
 def _best_of(fn, n: int) -> float:
