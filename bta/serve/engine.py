@@ -730,7 +730,10 @@ class Engine:
         ``decide``, a win notice, an erasure) changed it in between. Memory is
         proportional to ``chunk_size`` times the number of campaigns, plus the bounded
         profile table (at most about 64 MiB) and history lists (about 40 MiB), plus the
-        returned frame. With
+        returned frame. The history's size bound (``max_history_entries``) is applied at the
+        end of each chunk, where a loop of ``decide`` applies it at each impression: the two
+        agree while the bound is not reached within a chunk (with ``chunk_size=1``, always);
+        its age bound is the same in both. With
         ``count_on="win"`` the decisions are held pending, as ``decide`` holds them. A policy
         other than the four of :mod:`bta.serve.policy` is run by a loop of ``decide``.
         """
