@@ -47,7 +47,14 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-__all__ = ["ConsentSignals", "read_consent", "read_flag", "read_number", "UNREADABLE"]
+__all__ = ["ConsentSignals", "read_consent", "read_flag", "read_number", "UNREADABLE",
+           "MAX_CONSENT_CHARS"]
+
+#: Longest consent text decoded (a TCF TC string or a GPP string); longer text is
+#: ``bad_consent`` before any decoding. Real strings are a few hundred characters to a few
+#: KiB: CMPs keep them in cookies of at most 4 KiB. The bound keeps the decode of a crafted
+#: string (many TCF range entries) near a millisecond.
+MAX_CONSENT_CHARS = 4_096
 
 #: What :func:`read_flag` and :func:`read_number` return for a value they cannot read.
 UNREADABLE = object()
@@ -238,6 +245,10 @@ def _decode(c: Mapping[str, Any]) -> _Decoded:
     f = read_flag(get("gdpr"))
     gdpr = None if f is None else (True if f is UNREADABLE else f)
     purposes = vendor_consent = None
+    for key in ("tcf", "gpp"):
+        v = get(key)
+        if isinstance(v, str) and len(v) > MAX_CONSENT_CHARS:
+            return _Decoded(opt_out=opt_out, coppa=coppa, age=age, gdpr=gdpr, bad="bad_consent")
     tcf = get("tcf")
     if isinstance(tcf, str) and tcf.strip() == "":
         purposes = frozenset()  # an empty TC string (no CMP answer yet): no consent

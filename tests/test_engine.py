@@ -458,9 +458,14 @@ def test_opt_out_takes_effect_immediately(privacy_engine):
 
 def test_bad_consent_fails_closed(privacy_engine):
     eng, _ = privacy_engine
-    for consent in ({"age": "sixteen"}, {"purposes": ["x"]}, {"purposes": 5}):
+    for consent in ({"purposes": ["x"]}, {"purposes": 5}, {"purposes": "34"},
+                    {"purposes": {3: False, 4: "yes"}}):
         d = eng.decide({"user_id": 2, "ts": T0, "consent": consent})
         assert d.targeted is False and d.reason == "fallback:bad_consent"
+    # an age that cannot be read is under age (fail closed), "12" is read as 12
+    for age in ("sixteen", "12", float("inf"), "1e999"):
+        d = eng.decide({"user_id": 2, "ts": T0, "consent": {"age": age}})
+        assert d.targeted is False and d.reason == "fallback:under_age"
 
 
 # ---- experiments --------------------------------------------------------------------------------

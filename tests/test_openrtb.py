@@ -158,7 +158,7 @@ def test_granted_consent_gets_targeted_bid(world):
     ({"user": {"id": "u1"}, "regs": {"gdpr": "yes"}}, "fallback:no_consent"),  # unreadable: closed
     ({"user": {"id": "u1", "ext": {"consent": NO_PERSONALISATION}}, "regs": {}},
      "fallback:no_consent"),
-    ({"user": {"id": "u1", "consent": 12345}}, "fallback:no_consent"),
+    ({"user": {"id": "u1", "consent": 12345}}, "fallback:bad_consent"),  # not a TC string
     ({"regs": {"gdpr": 1, "coppa": 1}}, "fallback:under_age"),
     ({"user": {"id": "u1", "consent": GRANTED, "yob": 2012}}, "fallback:under_age"),
     # born in 2010: 15 or 16 on 2026-01-01, so possibly under 16

@@ -181,14 +181,20 @@ def test_publish_matches_memory_store(redis_server, redis_prefix, world):
 def test_put_and_ids_of_both_types(redis_server, redis_prefix, world):
     store = redis_store(redis_server, redis_prefix, world)
     store.put(7, [0, 3], [1.5, np.nan], ["s1", "s4"], as_of_ms=123)
-    store.put("7", np.array([2], dtype=np.int32), [2.0])
     p = store.get(7)
     np.testing.assert_array_equal(p.indices, [0, 3])
     np.testing.assert_array_equal(p.values, [1.5, np.nan])
     assert [store.segment_names[j] for j in np.flatnonzero(p.segments)] == ["s1", "s4"]
     assert store.published_at(7) == 123
-    q = store.get("7")
+    # ids compare in canonical form (bta.ids): "7" and np.int64(7) are user 7, "07" is not
+    assert_same_profile(store.get("7"), p)
+    assert_same_profile(store.get(np.int64(7)), p)
+    assert store.get("07") is None
+    store.put("7", np.array([2], dtype=np.int32), [2.0])  # the same user: replaced
+    q = store.get(7)
     assert q.indices.tolist() == [2] and not q.segments.any()
+    store.put("07", [1], [1.0])
+    assert store.get(7).indices.tolist() == [2] and store.get("07").indices.tolist() == [1]
     flags = np.zeros(len(store.segment_names), dtype=bool)
     flags[2] = True
     store.put(8, [], [], flags)

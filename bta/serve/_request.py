@@ -70,6 +70,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bta._privacy_gate import MAX_CONSENT_CHARS as _GATE_MAX_CONSENT_CHARS
 from bta.events import to_epoch_ms
 from bta.ids import canonical_id
 from bta.serve.campaigns import CONTEXT_FIELDS
@@ -100,12 +101,9 @@ MAX_CONTEXT_CHARS = 256
 MAX_CONTEXT_VALUES = 64
 #: Keys of the ``consent`` mapping (the gate reads about a dozen).
 MAX_CONSENT_KEYS = 32
-#: Longest consent text (a TCF TC string or a GPP string). Real ones are a few hundred
-#: characters to a few KiB: CMPs keep them in cookies of at most 4 KiB. Within the bound the
-#: privacy gate decodes the string, at up to about 0.27 us a character for a string made of
-#: as many TCF ranges as it can hold (measured: 1.1 ms at 4 KiB, 27 ms at 64 KiB), so the
-#: bound is the cookie's.
-MAX_CONSENT_CHARS = 4_096
+#: Longest consent text (a TCF TC string or a GPP string): the privacy gate's own bound
+#: (:data:`bta._privacy_gate.MAX_CONSENT_CHARS`), checked here before anything is parsed.
+MAX_CONSENT_CHARS = _GATE_MAX_CONSENT_CHARS
 #: Items of a consent collection (purposes, vendors, GPP section ids; the TCF vendor list has
 #: about 1,000 vendors).
 MAX_CONSENT_ITEMS = 4_096
