@@ -169,7 +169,7 @@ N_BOOT = 1_000
 
 @pytest.mark.benchmark(group="ab_bootstrap")
 def test_bootstrap_1000(benchmark, boot_log, record_rate):
-    from bta.evaluate import _ab_kernels
+    from bta.evaluate.ab import kernels as _ab_kernels
     from bta.evaluate.ab import ab_report
 
     _ab_kernels.warmup()  # compile outside the timed part

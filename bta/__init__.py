@@ -21,7 +21,7 @@ def warmup() -> None:
     (``Engine.warmup()``, ``TreeScorer``, ``CompiledRule.warmup()``). With numba's on-disk
     cache a warm start takes about a second; a cold one tens of seconds.
     """
-    from bta.evaluate import _ab_kernels
+    from bta.evaluate.ab import kernels as _ab_kernels
     from bta.features import warmup as _features_warmup
     from bta.segment import _kernels as _segment_kernels
 

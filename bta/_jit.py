@@ -17,7 +17,7 @@ compilation with one warning, so that import never breaks.
 
 Numba keys a cached kernel on its own source file only. A bta kernel often calls (or inlines)
 kernels of another file, and its cached machine code contains theirs: with numba's key alone,
-an edit to ``segment/_rule_kernels.py`` would leave ``serve/_kernels.py``'s cached kernels
+an edit to ``segment/rules/kernels.py`` would leave ``serve/_kernels.py``'s cached kernels
 running the old rule interpreter. So for files of the bta package the cache key also holds a
 digest of every kernel file of the package (a file that defines a ``*_jit`` kernel): a change
 to any of them recompiles every bta kernel, and nothing else does. An upgraded or edited bta

@@ -1,4 +1,4 @@
-"""Strict TCF v2 and GPP decoders (bta._privacy_signals).
+"""Strict TCF v2 and GPP decoders (bta.privacy.signals).
 
 Layers: tables of bad inputs with the exact error each gives; published example strings with
 the decoded values their sources document; a naive reference encoder (fields -> bit string ->
@@ -15,9 +15,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import bta._privacy_signals as signals
+import bta.privacy.signals as signals
 from bta.errors import BtaError
-from bta._privacy_signals import (
+from bta.privacy.signals import (
     MAX_SIGNAL_LENGTH, GPPString, SignalError, decode_gpp, decode_tcf, gpp_restriction,
 )
 

@@ -17,7 +17,7 @@ from statsmodels.stats.proportion import confint_proportions_2indep, proportions
 
 from bta._jit import num_threads
 from bta.errors import ConfigError, UnknownNameError
-from bta.evaluate import _ab_kernels as K
+from bta.evaluate.ab import kernels as K
 from bta.evaluate.stats import (
     BASE_METRICS,
     METRICS,
@@ -400,7 +400,7 @@ def test_unit_label_hash_is_per_label(labels):
     """A label's hash depends on the label alone (not on the rest of its column), so a user's
     bootstrap weights are the same in a log and in any partition of it; text is FNV-1a over
     UTF-8 then splitmix64, as a naive implementation computes it."""
-    from bta.evaluate._ab_prepare import _label_hash
+    from bta.evaluate.ab.prepare import _label_hash
 
     arr = np.empty(len(labels), dtype=object)
     arr[:] = labels
@@ -417,7 +417,7 @@ def test_unit_label_hash_is_per_label(labels):
 
 
 def test_unit_label_hash_keeps_kinds_apart():
-    from bta.evaluate._ab_prepare import _label_hash
+    from bta.evaluate.ab.prepare import _label_hash
 
     labels = np.array([1, "1", True, 1.0, 2**70, str(2**70), "", np.int32(1), np.str_("1")],
                       dtype=object)

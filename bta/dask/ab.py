@@ -14,8 +14,8 @@ from bta.dask.io import partition_by_user
 from bta.errors import ConfigError, SchemaError, check_param
 from bta.evaluate import ABReport, ArmStats, merge
 from bta.evaluate import ab_report as _ab_report
-from bta.evaluate._ab_tables import bootstrap_seeds, bootstrap_sums
-from bta.evaluate._ab_prepare import (
+from bta.evaluate.ab.tables import bootstrap_seeds, bootstrap_sums
+from bta.evaluate.ab.prepare import (
     _arm_stats,
     _first_ids,
     _multi_note,

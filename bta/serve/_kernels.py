@@ -9,7 +9,7 @@ import math
 import numpy as np
 
 from bta._jit import exact_jit, serving_jit
-from bta.segment._rule_kernels import run_code
+from bta.segment.rules.kernels import run_code
 
 __all__ = ["eval_rules", "eval_rules_batch", "eligible_one", "scatter_row", "score_choose",
            "hash_units", "softmax_choose", "replay", "all_finite", "finite_rows"]

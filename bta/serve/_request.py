@@ -70,7 +70,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bta._privacy_gate import MAX_CONSENT_CHARS as _GATE_MAX_CONSENT_CHARS
+from bta.privacy.gate import MAX_CONSENT_CHARS as _GATE_MAX_CONSENT_CHARS
 from bta.events import to_epoch_ms
 from bta.ids import canonical_id
 from bta.serve.campaigns import CONTEXT_FIELDS
@@ -102,7 +102,7 @@ MAX_CONTEXT_VALUES = 64
 #: Keys of the ``consent`` mapping (the gate reads about a dozen).
 MAX_CONSENT_KEYS = 32
 #: Longest consent text (a TCF TC string or a GPP string): the privacy gate's own bound
-#: (:data:`bta._privacy_gate.MAX_CONSENT_CHARS`), checked here before anything is parsed.
+#: (:data:`bta.privacy.gate.MAX_CONSENT_CHARS`), checked here before anything is parsed.
 MAX_CONSENT_CHARS = _GATE_MAX_CONSENT_CHARS
 #: Items of a consent collection (purposes, vendors, GPP section ids; the TCF vendor list has
 #: about 1,000 vendors).

@@ -5,7 +5,7 @@
 - ``id``: the request id; each impression's decision gets ``"{id}:{imp.id}"``;
 - ``user.id``, else ``user.buyeruid``: the user id (experiment unit and profile key);
 - privacy signals, decoded once per request (:func:`bta.privacy.read_consent`; the accepted
-  shapes are listed in :mod:`bta._privacy_gate`, anything else fails closed):
+  shapes are listed in :mod:`bta.privacy.gate`, anything else fails closed):
   ``user.consent`` (else ``user.ext.consent``): the TCF v2 TC string; ``regs.gdpr`` (else
   ``regs.ext.gdpr``): GDPR applies, consent is then required (absent: see
   :class:`~bta.privacy.PrivacyPolicy`'s ``require_consent_signal``; unreadable: applies);
@@ -49,7 +49,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
-from bta._privacy_gate import UNREADABLE, ConsentSignals, read_consent, read_flag, read_number
+from bta.privacy.gate import UNREADABLE, ConsentSignals, read_consent, read_flag, read_number
 from bta.errors import ConfigError
 from bta.serve.engine import Decision, Engine, Request
 
@@ -125,7 +125,7 @@ def _consent(req: Mapping[str, Any], now_ms: int) -> ConsentSignals:
     """The request's privacy signals, decoded once for all its impressions.
 
     Every flag and number is read in any type producers send (``1``, ``"1"``, ``True``;
-    ``"12"`` for an age; see :mod:`bta._privacy_gate`), and every unreadable value fails
+    ``"12"`` for an age; see :mod:`bta.privacy.gate`), and every unreadable value fails
     closed.
     """
     user = _obj(req.get("user"))

@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 
 from bta.errors import ConfigError, SchemaError
-from bta.evaluate import _ab_kernels as _k
-from bta.evaluate._ab_inputs import (
+from bta.evaluate.ab import kernels as _k
+from bta.evaluate.ab.inputs import (
     _DAY_MS,
     _OUTCOME_ROLES,
     CostModel,

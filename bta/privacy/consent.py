@@ -106,11 +106,11 @@ SCREEN_REASONS = ("ok", "opt_out", "under_age", "sensitive")
 def tcf_purposes(consent: str) -> frozenset[int] | None:
     """Purposes (1-24) with consent in a TCF v2 TC string.
 
-    The string is decoded strictly by :func:`bta._privacy_signals.decode_tcf` (the one TCF
+    The string is decoded strictly by :func:`bta.privacy.signals.decode_tcf` (the one TCF
     decoder); returns ``None`` when it is malformed (callers treat that as no consent).
     Never raises.
     """
-    from bta._privacy_signals import decode_tcf  # lazy: the decoder is needed at serving only
+    from bta.privacy.signals import decode_tcf  # lazy: the decoder is needed at serving only
 
     try:
         return frozenset(decode_tcf(consent).purposes_consent)

@@ -13,8 +13,8 @@ import numpy as np
 
 from bta.errors import ConfigError, SchemaError, UnknownNameError
 from bta.privacy import PrivacyPolicy
-from bta.segment import _rule_kernels as K
-from bta.segment._rule_ast import (
+from bta.segment.rules import kernels as K
+from bta.segment.rules.syntax import (
     BinOp,
     BoolOp,
     Call,

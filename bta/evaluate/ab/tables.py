@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 
 from bta.errors import UnknownNameError, check_param
-from bta.evaluate._ab_inputs import _DAY_MS
-from bta.evaluate._ab_prepare import _Units
+from bta.evaluate.ab.inputs import _DAY_MS
+from bta.evaluate.ab.prepare import _Units
 from bta.evaluate.stats import (
     METRICS,
     Moments,
@@ -188,7 +188,7 @@ def bootstrap_seeds(n_boot: int, random_state: Any) -> np.ndarray:
 def bootstrap_sums(units: _Units, seeds: np.ndarray, threads: bool = True) -> np.ndarray:
     """Per resample and arm of ``units.arms``, the weighted sums of [1, x] over its units:
     shape (B, arms, 1 + K). ``threads=False`` for a caller in a thread pool (a Dask task)."""
-    from bta.evaluate._ab_kernels import poisson_bootstrap_sums
+    from bta.evaluate.ab.kernels import poisson_bootstrap_sums
 
     group = np.repeat(np.arange(len(units.arms)), np.diff(units.offsets))
     x = np.concatenate([np.ones((units.x.shape[0], 1)), units.x], axis=1)

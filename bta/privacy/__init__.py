@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
-from bta._privacy_consent import (
+from bta.privacy.consent import (
     DEFAULT_SENSITIVE_CATEGORIES,
     category_key,
     GATE_OK,
@@ -50,8 +50,8 @@ from bta._privacy_consent import (
     pseudonymize,
     tcf_purposes,
 )
-from bta._privacy_erasure import ErasureReceipt, erase
-from bta._privacy_gate import UNREADABLE, ConsentSignals, read_consent, read_number
+from bta.privacy.erasure import ErasureReceipt, erase
+from bta.privacy.gate import UNREADABLE, ConsentSignals, read_consent, read_number
 from bta.errors import ConfigError, SchemaError, check_param
 from bta.ids import canonical_id
 
@@ -386,7 +386,7 @@ class PrivacyPolicy:
             Compared with the registries in canonical form (:mod:`bta.ids`).
         consent : mapping, ConsentSignals or None
             The request's signals; the shapes each key accepts are listed in
-            :mod:`bta._privacy_gate` (``opt_out``, ``gpc``, ``coppa``, ``age``, ``gdpr``,
+            :mod:`bta.privacy.gate` (``opt_out``, ``gpc``, ``coppa``, ``age``, ``gdpr``,
             ``tcf``, ``purposes``, ``vendors``, ``gpp``, ``gpp_sid``, ``us_privacy``). Pass
             :func:`read_consent`'s result to decode a request's signals once for several
             decisions.

@@ -11,7 +11,7 @@ import re
 from typing import Any, NamedTuple
 
 from bta.errors import ConfigError, RuleSyntaxError
-from bta.segment._rule_ast import (
+from bta.segment.rules.syntax import (
     _COMPARISONS,
     _FUNCTIONS,
     _INFIX,

@@ -18,7 +18,7 @@ key            accepted values
                finite number at least the policy's ``min_age`` (``inf``, ``"1e999"``, NaN,
                ``"twelve"``, a bool) is under age (fail closed)
 ``gdpr``       a flag; true: GDPR applies (consent is required); an unreadable value counts as 1
-``tcf``        a TCF v2 TC string (decoded strictly: see :mod:`bta._privacy_signals`); the
+``tcf``        a TCF v2 TC string (decoded strictly: see :mod:`bta.privacy.signals`); the
                empty string grants nothing (``no_consent``)
 ``purposes``   an iterable of purpose numbers (ints 1-24, e.g. ``[1, 3, 4]``), or a mapping
                purpose -> bool (``{3: True, 4: False}``, or the CMP API's ``{"3": true}``;
@@ -219,7 +219,7 @@ def read_consent(consent: Any) -> ConsentSignals:
 
 
 def _decode(c: Mapping[str, Any]) -> _Decoded:
-    from bta._privacy_signals import SignalError, decode_gpp, decode_tcf, gpp_restriction
+    from bta.privacy.signals import SignalError, decode_gpp, decode_tcf, gpp_restriction
 
     get = c.get
     bad = None

@@ -43,9 +43,9 @@ from typing import Any, Literal
 import pandas as pd
 
 from bta.errors import ConfigError, UnknownNameError, check_param
-from bta.evaluate._ab_inputs import ROLES, CostModel
-from bta.evaluate._ab_prepare import _arm_stats, _prepare, _Summary, _Units
-from bta.evaluate._ab_tables import (
+from bta.evaluate.ab.inputs import ROLES, CostModel
+from bta.evaluate.ab.prepare import _arm_stats, _prepare, _Summary, _Units
+from bta.evaluate.ab.tables import (
     _TOTALS,
     _arms_frame,
     _bootstrap,

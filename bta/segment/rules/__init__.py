@@ -88,8 +88,8 @@ import pandas as pd
 
 from bta.errors import ConfigError, RuleSyntaxError, SchemaError, UnknownNameError, check_param
 from bta.privacy import PrivacyPolicy
-from bta.segment import _rule_kernels as K
-from bta.segment._rule_ast import (
+from bta.segment.rules import kernels as K
+from bta.segment.rules.syntax import (
     MAX_DEPTH,
     BinOp,
     BoolOp,
@@ -105,8 +105,8 @@ from bta.segment._rule_ast import (
     Total,
     _walk,
 )
-from bta.segment._rule_compile import _NO_SEGMENTS, _Columns, _emit, _stack_size
-from bta.segment._rule_parser import parse_rule
+from bta.segment.rules.compile import _NO_SEGMENTS, _Columns, _emit, _stack_size
+from bta.segment.rules.parser import parse_rule
 from bta.segment.book import Segment, SegmentBook
 
 __all__ = [
@@ -128,7 +128,7 @@ class CompiledRule:
     name, expr : str
         The rule's name and text.
     code : ndarray of int64, shape (n_instructions, 2)
-        ``(opcode, argument)`` rows, see :mod:`bta.segment._rule_kernels`.
+        ``(opcode, argument)`` rows, see :mod:`bta.segment.rules.kernels`.
     consts : ndarray of float64, shape (n_consts,)
     columns : ndarray of int64, shape (n_slots,)
         Sorted feature columns the rule reads; feature arguments in ``code`` index this array.
