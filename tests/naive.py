@@ -92,3 +92,64 @@ def matrix_entries(fm) -> dict:
     coo = fm.X.tocoo()
     return {(fm.users[r], fm.feature_names[c]): float(v)
             for r, c, v in zip(coo.row, coo.col, coo.data)}
+
+
+# ---- privacy screening -----------------------------------------------------------------------
+def naive_category_key(c: str) -> str:
+    """The documented category normalization (bta.privacy.category_key), step by step:
+    NFKC, case fold, drop format characters, every run of separators one "_"."""
+    import unicodedata
+
+    s = unicodedata.normalize("NFKC", c).casefold()
+    s = "".join(ch for ch in s if unicodedata.category(ch) != "Cf")
+    out, sep = [], False
+    for ch in s:
+        if ch.isspace() or unicodedata.category(ch) in ("Cc", "Pd") or ch in "-_/\\\u2212":
+            sep = True
+            continue
+        if sep and out:
+            out.append("_")
+        sep = False
+        out.append(ch)
+    return "".join(out)
+
+
+def _naive_id(u) -> str:
+    """The canonical id of bta.ids for the ids tests use: integers and text."""
+    import numpy as np
+
+    if isinstance(u, (int, np.integer)) and not isinstance(u, bool):
+        return str(int(u))
+    if isinstance(u, float) and u.is_integer():
+        return str(int(u))
+    return str(u)
+
+
+def naive_screen_reason(policy, u, c, opt_outs=None, minors=None):
+    """Why one event is screened ("opt_out", "under_age", "sensitive"), or None, read from
+    the rules' wording. ``opt_outs``/``minors`` default to the policy's registries."""
+    opt = {_naive_id(x) for x in (policy.opt_outs.snapshot() if opt_outs is None else opt_outs)}
+    kids = {_naive_id(x) for x in (policy.minors.snapshot() if minors is None else minors)}
+    if _naive_id(u) in opt:
+        return "opt_out"
+    if _naive_id(u) in kids:
+        return "under_age"
+    if c is None or (isinstance(c, float) and c != c):
+        return None
+    key = naive_category_key(str(c))
+    if key in {naive_category_key(x) for x in policy.sensitive_categories}:
+        allowed = {naive_category_key(x) for x in policy.allowed_sensitive}
+        if not (key in allowed and key in policy.sensitive_opt_ins.categories(u)):
+            return "sensitive"
+    return None
+
+
+def naive_screen(policy, users, categories, opt_outs=None, minors=None):
+    """:meth:`PrivacyPolicy.screen_events` codes, one row at a time."""
+    import numpy as np
+
+    from bta.privacy import SCREEN_REASONS
+
+    code = {None: 0, **{r: i for i, r in enumerate(SCREEN_REASONS) if i}}
+    return np.array([code[naive_screen_reason(policy, u, c, opt_outs, minors)]
+                     for u, c in zip(users, categories)], dtype=np.int8)

@@ -841,23 +841,11 @@ def test_parallel_path_on_a_larger_log():
 # ------------------------------------------------------------------------ privacy
 
 from bta.events import REMOVAL_REASONS  # noqa: E402
-from bta.privacy import SCREEN_REASONS, PrivacyPolicy, pseudonymize  # noqa: E402
+from bta.privacy import PrivacyPolicy, pseudonymize  # noqa: E402
+from naive import naive_screen_reason  # noqa: E402
 
 KEY = b"test-key-0123456789"
 PCATS = [None, "news", "autos", "health", "Religion", "debt"]
-
-
-def naive_screen_reason(policy, u, c):
-    """Why a row is screened (None: it is not), from the policy's rules read row by row."""
-    if u in policy.opt_outs:
-        return "opt_out"
-    if u in policy.minors:
-        return "under_age"
-    if c is not None and str(c).lower() in policy.sensitive_categories:
-        cl = str(c).lower()
-        if not (cl in policy.allowed_sensitive and cl in policy.sensitive_opt_ins.categories(u)):
-            return "sensitive"
-    return None
 
 
 @st.composite

@@ -17,27 +17,8 @@ from bta.privacy import (
     SCREEN_OK, SCREEN_OPT_OUT, SCREEN_REASONS, SCREEN_SENSITIVE, SCREEN_UNDER_AGE,
     MinorRegistry, OptOutRegistry, PrivacyPolicy, SensitiveOptIns, pseudonymize,
 )
+from naive import naive_screen
 from test_openrtb import tcf_string
-
-
-# ---- naive reference ---------------------------------------------------------------------------
-def naive_screen(policy: PrivacyPolicy, users, categories) -> np.ndarray:
-    """One row at a time, straight from the rules' wording."""
-    out = []
-    for u, c in zip(users, categories):
-        missing_cat = c is None or (isinstance(c, float) and np.isnan(c))
-        if u in policy.opt_outs:
-            out.append(SCREEN_OPT_OUT)
-        elif u in policy.minors:
-            out.append(SCREEN_UNDER_AGE)
-        elif missing_cat or str(c).lower() not in policy.sensitive_categories:
-            out.append(SCREEN_OK)
-        elif (str(c).lower() in policy.allowed_sensitive
-              and str(c).lower() in policy.sensitive_opt_ins.categories(u)):
-            out.append(SCREEN_OK)
-        else:
-            out.append(SCREEN_SENSITIVE)
-    return np.array(out, dtype=np.int8)
 
 
 # ---- screen_events: fixed cases ----------------------------------------------------------------

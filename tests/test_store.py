@@ -17,14 +17,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bta.errors import ConfigError, SchemaError, StoreError
-from bta.privacy import (SCREEN_OK, SCREEN_OPT_OUT, SCREEN_SENSITIVE, SCREEN_UNDER_AGE,
-                         OptOutRegistry, PrivacyPolicy, erase)
+from bta.privacy import OptOutRegistry, PrivacyPolicy, erase
 from bta.schema import DECISION_SCHEMA
 from bta.serve.campaigns import Campaign, Creative, FrequencyCap
 from bta.serve.engine import Decision, Engine, decisions_frame
 from bta.serve.experiment import Experiment
 from bta.serve.log import DecisionLog, erase_parquet
 from bta.serve.store import MemoryProfileStore
+from naive import naive_screen
 from test_engine import DAY, HOUSE, N_USERS, T0, H, _book, make_world
 
 
@@ -347,25 +347,6 @@ def test_log_erase_while_appending(tmp_path):
 
 
 # ---- registry snapshots of screen_events ---------------------------------------------------------
-def _naive_screen(policy, opt_outs: set, minors: set, users, cats) -> list[int]:
-    out = []
-    # ids compare by their text (bta.ids: 3 and "3" are one user)
-    opt_outs, minors = {str(x) for x in opt_outs}, {str(x) for x in minors}
-    for u, c in zip(users, cats):
-        c = None if c is None else str(c).lower()
-        if str(u) in opt_outs:
-            out.append(SCREEN_OPT_OUT)
-        elif str(u) in minors:
-            out.append(SCREEN_UNDER_AGE)
-        elif c in policy.sensitive_categories and (
-                c not in policy.allowed_sensitive
-                or c not in policy.sensitive_opt_ins.categories(u)):
-            out.append(SCREEN_SENSITIVE)
-        else:
-            out.append(SCREEN_OK)
-    return out
-
-
 OPS = st.lists(st.tuples(st.sampled_from(["opt_out", "unopt", "minor", "grow_up", "screen"]),
                          st.integers(0, 12)), max_size=30)
 
@@ -394,7 +375,7 @@ def test_screen_events_follows_every_registry_change(ops, users):
             minors.discard(u)
         else:
             got = policy.screen_events(users, cats).tolist()
-            assert got == _naive_screen(policy, opt, minors, users, cats)
+            assert got == naive_screen(policy, users, cats, opt, minors).tolist()
 
 
 def test_registry_snapshot_index_is_cached_per_change():
