@@ -300,9 +300,12 @@ def _keys(v: Mapping[str, Any], where: str, allowed: tuple[str, ...]) -> None:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; expected some of {list(allowed)}")
 
 
-_SPEC_KEYS = ("windows", "half_life", "events", "weights", "categories", "deny_categories",
-              "session_gap", "max_session", "ctr_prior", "window_bucket", "dtype",
-              "exclude_flagged", "user_features")
+def _init_keys(cls: Any) -> tuple[str, ...]:
+    """The keys a configuration table of ``cls`` accepts: its dataclass constructor fields
+    (one definition: a field added to the class is a key of the configuration)."""
+    import dataclasses
+
+    return tuple(f.name for f in dataclasses.fields(cls) if f.init)
 
 
 def feature_spec(options: Mapping[str, Any] | None, where: str = "features") -> Any:
@@ -310,7 +313,7 @@ def feature_spec(options: Mapping[str, Any] | None, where: str = "features") -> 
     from bta.features import FeatureSpec
 
     options = dict(options or {})
-    _keys(options, where, _SPEC_KEYS)
+    _keys(options, where, _init_keys(FeatureSpec))
     for k in ("windows", "events", "categories", "deny_categories", "ctr_prior"):
         if isinstance(options.get(k), list):
             options[k] = tuple(options[k])
@@ -370,8 +373,6 @@ class FeatureMatrixStore(BookState):
 
 _TOP = ("version", "time_budget_ms", "policy", "untargeted_policy", "profiles", "experiment",
         "privacy", "fallback", "campaigns")
-_CAMPAIGN = ("id", "creatives", "targeting", "pricing", "bid", "model", "prior_ctr", "cvr",
-             "budget", "pacing", "pacing_slack", "start", "end", "caps")
 
 
 def _build(where: str, cls: Any, *args: Any, **kwargs: Any) -> Any:
@@ -403,7 +404,7 @@ def _campaign(c: Any, where: str) -> Any:
 
     if not isinstance(c, Mapping):
         raise ConfigError(f"{where} must be a table, got {c!r}")
-    _keys(c, where, _CAMPAIGN)
+    _keys(c, where, _init_keys(Campaign))
     c = dict(c)
     if "id" not in c:
         raise ConfigError(f"{where}: id is required")
@@ -416,7 +417,7 @@ def _campaign(c: Any, where: str) -> Any:
     for cr in cre:
         if not isinstance(cr, Mapping):
             raise ConfigError(f"{where}: each creative must be a table, got {cr!r}")
-        _keys(cr, f"{where} creative", ("id", "category"))
+        _keys(cr, f"{where} creative", _init_keys(Creative))
         if "id" not in cr:
             raise ConfigError(f"{where}: each creative needs an id")
         out.append(_build(where, Creative, **cr))
@@ -428,7 +429,7 @@ def _campaign(c: Any, where: str) -> Any:
     for cap in caps:
         if not isinstance(cap, Mapping):
             raise ConfigError(f"{where}: each cap must be a table, got {cap!r}")
-        _keys(cap, f"{where} cap", ("max_impressions", "window", "scope"))
+        _keys(cap, f"{where} cap", _init_keys(FrequencyCap))
         built.append(_build(f"{where} cap", FrequencyCap, **cap))
     c["caps"] = tuple(built)
     return _build(where, Campaign, **c)
@@ -483,7 +484,9 @@ def engine_from_config(cfg: Mapping[str, Any], base_dir: str | Path = ".",
     campaigns = cfg.get("campaigns", [])
     if not isinstance(campaigns, list):
         raise ConfigError(f"{where}: campaigns must be a list of tables ([[campaigns]])")
-    fallback = _table(cfg, "fallback", where, _CAMPAIGN, required=True)
+    from bta.serve import Campaign
+
+    fallback = _table(cfg, "fallback", where, _init_keys(Campaign), required=True)
     kwargs: dict[str, Any] = {}
     if "policy" in cfg:
         kwargs["policy"] = _policy(cfg["policy"], f"{where}: policy")
