@@ -175,22 +175,15 @@ def _segment(args: argparse.Namespace) -> int:
     import numpy as np
     import pandas as pd
 
-    from bta.config import load_config, load_features, write_table
+    from bta.config import load_config, load_features, segments_config, write_table
     from bta.segment import DEFAULT_MIN_AUDIENCE, InterestClusters, SegmentBook, evaluate_rules
 
     rules: dict[str, str] = {}
     min_audience = DEFAULT_MIN_AUDIENCE
     clusters, seed = None, None
     if args.config:
-        cfg = load_config(args.config).get("segments", {})
-        if not isinstance(cfg, dict) or not isinstance(cfg.get("rules", {}), dict):
-            raise ConfigError(f"config {args.config!r}: [segments] must be a table with a "
-                              f"rules table (name = \"rule\")")
-        unknown = sorted(set(cfg) - {"rules", "min_audience", "clusters", "cluster_seed"})
-        if unknown:
-            raise ConfigError(f"config {args.config!r} [segments]: unknown key(s) {unknown}; "
-                              f"expected rules, min_audience, clusters, cluster_seed")
-        rules.update({str(k): str(v) for k, v in cfg.get("rules", {}).items()})
+        cfg = segments_config(load_config(args.config), f"config {args.config!r}")
+        rules.update(cfg["rules"])
         min_audience = cfg.get("min_audience", min_audience)
         clusters = cfg.get("clusters", clusters)
         seed = cfg.get("cluster_seed", seed)

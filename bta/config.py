@@ -300,6 +300,31 @@ def _keys(v: Mapping[str, Any], where: str, allowed: tuple[str, ...]) -> None:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; expected some of {list(allowed)}")
 
 
+_SEGMENTS = ("rules", "min_audience", "clusters", "cluster_seed")
+
+
+def segments_config(cfg: Mapping[str, Any], where: str = "config") -> dict[str, Any]:
+    """The ``[segments]`` table of a configuration: ``rules`` (name -> rule text, always
+    present), and ``min_audience``, ``clusters``, ``cluster_seed`` where given.
+
+    Raises
+    ------
+    ConfigError
+        When ``[segments]`` or its ``rules`` is not a table, or holds unknown keys.
+    """
+    seg = cfg.get("segments", {})
+    if not isinstance(seg, Mapping) or not isinstance(seg.get("rules", {}), Mapping):
+        raise ConfigError(f"{where}: [segments] must be a table with a rules table "
+                          f"(name = \"rule\")")
+    unknown = sorted(set(seg) - set(_SEGMENTS))
+    if unknown:
+        raise ConfigError(f"{where} [segments]: unknown key(s) {unknown}; expected "
+                          f"{', '.join(_SEGMENTS)}")
+    out = {k: seg[k] for k in _SEGMENTS[1:] if k in seg}
+    out["rules"] = {str(k): str(v) for k, v in seg.get("rules", {}).items()}
+    return out
+
+
 def _init_keys(cls: Any) -> tuple[str, ...]:
     """The keys a configuration table of ``cls`` accepts: its dataclass constructor fields
     (one definition: a field added to the class is a key of the configuration)."""
