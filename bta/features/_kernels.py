@@ -23,12 +23,11 @@ from bta._event_kernels import is_new_session
 from bta._jit import batch_jit, exact_jit, serial_copy
 
 # Standard event codes (bta.events.STANDARD_EVENTS order is fixed).
-EV_PAGE_VIEW = 0
 EV_IMPRESSION = 2
 EV_CLICK = 3
 EV_CONVERSION = 4
 
-# Sentinel for "no time yet"; real times are epoch ms after 2000.
+# Sentinel for "no time yet": no epoch-ms time of a log is this small.
 NO_TIME = np.iinfo(np.int64).min
 
 # user int state
@@ -53,8 +52,7 @@ C_TREF = 0
 C_LAST = 1
 C_N = 2
 N_CI = 3
-# cell float state
-C_DECAY = 0
+# cell float state: one slot, the decayed count
 N_CF = 1
 
 #: user-level outputs, in column order (after the per-category block)
@@ -68,7 +66,6 @@ USER_FEATURES = (
     "diversity:entropy",
     "ctr:smoothed",
 )
-N_USER_FEATURES = len(USER_FEATURES)
 DAY_MS = 86_400_000.0
 
 
