@@ -30,7 +30,7 @@ from bta.serve.engine import REASONS, Decision, Engine, Request, decisions_frame
 from bta.serve.experiment import Experiment, hash_unit
 from bta.serve.log import DecisionLog, join_outcomes
 from bta.serve.policy import EpsilonGreedy, Greedy, Softmax, Uniform
-from bta.serve.store import MemoryProfileStore, Profile
+from bta.serve.store import BookState, MemoryProfileStore, Profile
 from test_openrtb import tcf_string
 
 H = 3_600_000
@@ -647,11 +647,11 @@ def test_swap_validates_before_changing_anything(world):
 
 
 # ---- store outages and the time budget -----------------------------------------------------------
-class _StubStore:
+class _StubStore(BookState):  # the ProfileStore defaults over get
     def __init__(self, base, get):
         self.feature_names = base.feature_names
         self.nan_absent = base.nan_absent
-        self.segment_names = base.segment_names
+        self._book_state = (base.segment_names, None, None)
         self._get = get
 
     def get(self, user_id, as_of_ms):

@@ -22,7 +22,7 @@ from bta.serve.campaigns import Campaign, Creative, FrequencyCap
 from bta.serve.engine import Engine, Request, decisions_frame
 from bta.serve.experiment import Experiment, hash_unit
 from bta.serve.policy import EpsilonGreedy, Greedy, Softmax, Uniform
-from bta.serve.store import Profile
+from bta.serve.store import Profile, profiles_block
 from test_engine import DAY, HOUSE, N_USERS, SEQ_CAMPAIGNS, T0, H, make_world
 
 
@@ -265,6 +265,23 @@ class _OutageStore:
 
     def get_many(self, user_ids, as_of_ms):
         return [self.get(u, as_of_ms) for u in user_ids]
+
+    def get_block(self, user_ids, as_of_ms=None):
+        """One bulk read per distinct time: a read holding a broken user fails for all its
+        users (marked ``failed``)."""
+        times = np.broadcast_to(np.asarray(as_of_ms), (len(user_ids),))
+        got, failed = [], np.zeros(len(user_ids), dtype=bool)
+        for t in np.unique(times).tolist():
+            js = np.flatnonzero(times == t)
+            if len(js) > 1 and any(user_ids[j] in self.broken for j in js.tolist()):
+                failed[js] = True
+        for j, u in enumerate(user_ids):
+            got.append(None if failed[j] or u in self.broken else self.get(u, int(times[j])))
+            failed[j] |= u in self.broken
+        return profiles_block(got, self.segment_names, failed)
+
+    def warmup(self):
+        return self
 
     def erase(self, user_id):
         return False

@@ -27,15 +27,14 @@ from bta.serve._request import (
     _now_ms, _parse, _request_id_ok, _safe_request_id, _user_key, request_profile,
 )
 from bta.serve.engine import (
-    _PRICING, _SWEEP, REASONS, Engine, _segments_for, _Snapshot, decisions_frame,
+    _PRICING, _SWEEP, REASONS, Engine, _segments_for, _Snapshot,
 )
+from bta.schema import decision_columns_frame, decisions_frame
 from bta.serve.store import Profile, ProfileBlock
 
 __all__ = ["decide_batch"]
 
 _REASON_CODE = {r: i for i, r in enumerate(REASONS)}
-# the dtype pandas gives text columns built from Python strings (str from pandas 3 on)
-_STR = pd.DataFrame({'x': ['a']})['x'].dtype
 _TO_NO_FILL = np.array([r in ("targeted", "control", "holdout") for r in REASONS])
 _SCORE_BLOCK = 4_096  # rows per scorer call: bounds the dense feature block's memory
 
@@ -443,8 +442,12 @@ def _run_chunk(engine: Engine, snap: _Snapshot, plan: _Plan, table: "_ProfileTab
             _take(arm_names, arm), _take(plan.creative_ids, cre),
             _take(plan.campaign_ids, np.where(house, n_c, o_camp)),
             _take([snap.version], np.zeros(n, dtype=np.int64)), _take(REASONS, o_reason))
-    return _decisions_columns(cols.ts, cols.ukey, text, o_targeted, o_prop, o_nel, o_score,
-                              o_price)
+    rid, arm_t, creative, campaign, version, reason_t = text
+    return decision_columns_frame({
+        "ts": cols.ts, "request_id": rid, "user_id": cols.ukey, "arm": arm_t,
+        "creative_id": creative, "campaign_id": campaign, "targeted": o_targeted,
+        "propensity": o_prop, "n_eligible": o_nel, "score": o_score, "price": o_price,
+        "policy_version": version, "reason": reason_t})
 
 
 _PROFILE_TABLE_MAX = 131_072  # distinct profiles a replay keeps scored at once (memory bound)
@@ -532,9 +535,8 @@ class _ProfileTable:
 
     def lookup(self, users: np.ndarray, ts: np.ndarray) -> np.ndarray:
         """Table rows of the (user, ts) profiles: read from the store those not yet in it
-        (one ``get_block`` call with a time per user when the store has it, else
-        ``get_many`` per distinct time); ``_NO_PROFILE`` / ``_FAILED`` where there is none or
-        the read failed (failures are not kept: a later chunk reads again). Users a block
+        (one ``get_block`` call with a time per user); ``_NO_PROFILE`` / ``_FAILED`` where
+        there is none or the read failed (failures are not kept: a later chunk reads again). Users a block
         marks ``failed`` fail; a ``get_block`` that raises is read again user by user (a
         shard that is down fails its users' reads only)."""
         ucode, uniq_u = pd.factorize(users)
@@ -555,32 +557,15 @@ class _ProfileTable:
         us = [uniq_u[i] for i in ucode[at].tolist()]
         tt = [uniq_t[i] for i in tcode[at].tolist()]
         store = self.engine.store
-        get_block = getattr(store, "get_block", None)
-        if get_block is not None:
-            try:
-                block = get_block(us, np.array(tt, dtype=np.int64))
-            except Exception:  # noqa: BLE001 - read user by user: a failure fails one read
-                block = None
-            if block is not None:
-                got = self._add_block(block)
-            else:
-                got = np.array([self._read_one(store, u, t) for u, t in zip(us, tt)],
-                               dtype=np.int64)
+        try:
+            block = store.get_block(us, np.array(tt, dtype=np.int64))
+        except Exception:  # noqa: BLE001 - read user by user: a failure fails one read
+            block = None
+        if block is not None:
+            got = self._add_block(block)
         else:
-            got = np.empty(todo.size, dtype=np.int64)
-            get_many = getattr(store, "get_many", None)
-            by_time: dict[int, list] = {}
-            for j, t in enumerate(tt):
-                by_time.setdefault(t, []).append(j)
-            for t, js in by_time.items():
-                batch = [us[j] for j in js]
-                try:
-                    ps = get_many(batch, int(t)) if get_many is not None and len(js) > 1 else \
-                        [store.get(u, int(t)) for u in batch]
-                except Exception:  # noqa: BLE001 - an outage fails these reads, not the replay
-                    got[js] = _FAILED
-                    continue
-                got[js] = [_NO_PROFILE if p is None else self.add_own(p) for p in ps]
+            got = np.array([self._read_one(store, u, t) for u, t in zip(us, tt)],
+                           dtype=np.int64)
         res[todo] = got
         keep = got != _FAILED
         self.keys = np.concatenate([self.keys, pairs[todo][keep]])
@@ -832,26 +817,3 @@ def _grown(a: np.ndarray, size: int, fill: int = -1) -> np.ndarray:
 def _take(names: Sequence[str], codes: np.ndarray) -> pa.Array:
     """``names[codes]`` as an Arrow text array (a few names, many rows: no Python strings)."""
     return pa.array(list(names), type=pa.string()).take(pa.array(codes, type=pa.int64()))
-
-
-def _decisions_columns(ts, ukey, text, targeted, prop, n_eligible, score, price
-                       ) -> pd.DataFrame:
-    """Decision-log columns as a frame typed like :func:`decisions_frame`; ``text`` holds
-    request_id, arm, creative_id, campaign_id, policy_version and reason."""
-    rid, arm, creative, campaign, version, reason = (pd.array(t, dtype=_STR) for t in text)
-    return pd.DataFrame({
-        "ts": pd.to_datetime(np.asarray(ts, dtype=np.int64), unit="ms", utc=True).astype(
-            "datetime64[ms, UTC]"),
-        "request_id": rid,
-        "user_id": pd.Series(ukey, dtype=object),
-        "arm": arm,
-        "creative_id": creative,
-        "campaign_id": campaign,
-        "targeted": targeted.astype(bool),
-        "propensity": prop.astype(np.float64),
-        "n_eligible": n_eligible.astype(np.int32),
-        "score": score.astype(np.float64),
-        "price": price.astype(np.float64),
-        "policy_version": version,
-        "reason": reason,
-    })

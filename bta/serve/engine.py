@@ -73,6 +73,7 @@ import pandas as pd
 from bta.errors import ConfigError, UnknownNameError
 from bta.ids import canonical_id
 from bta.privacy import GATE_OK, PrivacyPolicy
+from bta.schema import Decision, decisions_frame
 from bta.segment.rules import RuleSegment
 from bta.serve import _kernels as K
 from bta.serve._request import (
@@ -84,7 +85,7 @@ from bta.serve.experiment import Experiment, hash_unit
 from bta.serve.policy import EpsilonGreedy, Greedy, Policy, Softmax, Uniform
 from bta.serve.store import Profile, ProfileStore
 
-__all__ = ["Engine", "Decision", "Request", "REASONS"]
+__all__ = ["Engine", "Decision", "Request", "REASONS", "decisions_frame"]
 
 #: reason codes a Decision can carry
 REASONS = (
@@ -96,28 +97,6 @@ REASONS = (
 _PRICING = {"cpm": 0, "cpc": 1, "cpa": 2}
 _INT64_MIN = np.iinfo(np.int64).min
 _INT64_MAX = np.iinfo(np.int64).max
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """One decision, in the decision-log schema (:mod:`bta.schema`)."""
-
-    ts: int
-    request_id: str
-    user_id: Any
-    arm: str
-    creative_id: str
-    campaign_id: str
-    targeted: bool
-    propensity: float
-    n_eligible: int
-    score: float
-    price: float
-    policy_version: str
-    reason: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return {f: getattr(self, f) for f in self.__slots__}
 
 
 @dataclass(frozen=True, eq=False)
@@ -529,7 +508,7 @@ class Engine:
                                   f"Uniform), got {p!r}")
         store = self.store
         names = tuple(store.feature_names)
-        book = getattr(store, "book", None)
+        book = store.book
         seg_names = tuple(store.segment_names)
 
         # scorers: map store columns to each scorer's features once
@@ -718,13 +697,11 @@ class Engine:
         -----
         A replay has no time budget (``fallback:timeout`` never occurs): it is offline.
         Profiles are read once per distinct (user, time) of the replay (kept in a bounded
-        table across chunks): with one ``get_block`` call per chunk (a time per user) when
-        the store has it (:class:`~bta.serve.store.MemoryProfileStore`,
-        :class:`~bta.serve.redis_store.RedisProfileStore`), else with ``get_many`` per
-        distinct time, so a store updated while the replay runs may be seen later than a
-        loop would see it. Users whose read fails get ``fallback:store_error``: those a
-        block marks ``failed`` (a stored value that is not a profile); all of a failed
-        ``get_many``; and, when ``get_block`` raises, the users whose read fails again one
+        table across chunks): with one ``get_block`` call per chunk (a time per user; see
+        :class:`~bta.serve.store.ProfileStore`), so a store updated while the replay runs
+        may be seen later than a loop would see it. Users whose read fails get
+        ``fallback:store_error``: those a block marks ``failed`` (a stored value that is not
+        a profile) and, when ``get_block`` raises, the users whose read fails again one
         by one (only the users of a shard that is down). The frequency-cap history is kept
         across chunks too, and read again from the engine when something else (a
         ``decide``, a win notice, an erasure) changed it in between. Memory is
@@ -1042,8 +1019,7 @@ class Engine:
             for kind in (0, -1):
                 K.score_choose(work.cand, n, path, snap.scorer_of, work.ctr, snap.prior_ctr,
                                snap.ecpm_base, snap.ecpm_per_ctr, kind, 0.0, 0.0, work.sc, work.p)
-        if hasattr(self.store, "warmup"):
-            self.store.warmup()
+        self.store.warmup()
         return self
 
 
@@ -1083,17 +1059,3 @@ def _pack(compiled: list, seg_names: tuple[str, ...]) -> tuple:
             cat(nan_abs, bool).astype(np.bool_),
             cat(segs, np.int64).astype(np.int64), offsets(segs),
             np.array([r.stack_size for r in compiled], dtype=np.int64))
-
-
-def decisions_frame(rows: list[dict]) -> pd.DataFrame:
-    """Decision dicts as a frame in the decision-log schema's column order and types."""
-    cols = list(Decision.__slots__)
-    df = pd.DataFrame(rows, columns=cols)
-    df["ts"] = pd.to_datetime(df["ts"].astype("int64"), unit="ms", utc=True).astype(
-        "datetime64[ms, UTC]")
-    # from the dicts, not the frame: pandas would already have turned int ids + None into floats
-    df["user_id"] = pd.Series([None if r["user_id"] is None else str(r["user_id"]) for r in rows],
-                              dtype=object, index=df.index)
-    df["targeted"] = df["targeted"].astype(bool)
-    df["n_eligible"] = df["n_eligible"].astype("int32")
-    return df

@@ -34,22 +34,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from bta.errors import SchemaError, check_param
-from bta.schema import DECISION_SCHEMA, OUTCOME_SCHEMA
-from bta.serve.engine import Decision
+from bta.schema import DECISION_SCHEMA, OUTCOME_SCHEMA, Decision, user_text
 
 __all__ = ["DecisionLog", "decisions_table", "erase_parquet", "join_outcomes"]
 
 logger = logging.getLogger("bta")
 _FIELDS = tuple(DECISION_SCHEMA.names)
-
-
-def _user_str(u: Any) -> str | None:
-    # ids are written as text; None (a request without a usable id) stays null, not "None"
-    if u is None:
-        return None
-    if isinstance(u, (int, np.integer)) and not isinstance(u, bool):
-        return str(int(u))
-    return str(u)
 
 
 def decisions_table(decisions: Iterable[Decision]) -> pa.Table:
@@ -76,7 +66,7 @@ def decisions_table(decisions: Iterable[Decision]) -> pa.Table:
     cols = {
         "ts": pa.array([d.ts for d in rows], type=pa.int64()).cast(
             DECISION_SCHEMA.field("ts").type),
-        "user_id": pa.array([_user_str(d.user_id) for d in rows], type=pa.string()),
+        "user_id": pa.array([user_text(d.user_id) for d in rows], type=pa.string()),
     }
     for f in DECISION_SCHEMA:
         if f.name not in cols:
@@ -249,7 +239,7 @@ class DecisionLog:
             If a file cannot be rewritten (the files before it are already rewritten; the
             call can be repeated).
         """
-        key = _user_str(user_id)
+        key = user_text(user_id)
         if key is None:
             return False
         self._lock.acquire()
@@ -261,8 +251,8 @@ class DecisionLog:
         try:
             try:
                 n_buf = len(self._failed) + len(self._buf)
-                self._failed = [d for d in self._failed if _user_str(d.user_id) != key]
-                self._buf = [d for d in self._buf if _user_str(d.user_id) != key]
+                self._failed = [d for d in self._failed if user_text(d.user_id) != key]
+                self._buf = [d for d in self._buf if user_text(d.user_id) != key]
                 n_buf -= len(self._failed) + len(self._buf)
             finally:
                 self._lock.release()  # appenders may go on while the files are rewritten
@@ -344,7 +334,7 @@ def erase_parquet(path: str | os.PathLike, user_id: Any, *, column: str = "user_
     OSError
         If the file cannot be read or replaced.
     """
-    key = _user_str(user_id)
+    key = user_text(user_id)
     path = Path(path)
     table = pq.read_table(path)
     if column not in table.column_names:

@@ -57,16 +57,28 @@ class ProfileBlock(NamedTuple):
 
 
 class ProfileStore(Protocol):
-    """What the Engine needs of a store. ``get`` may raise (the Engine falls back).
+    """What the Engine uses of a store, all of it: the Engine probes for nothing.
 
-    A store may also have ``warmup()``, which :meth:`Engine.warmup` calls to compile what
-    ``get`` runs before the first request."""
+    ``get`` (a request), ``get_block`` (a replay's chunk: user ``i`` at ``as_of_ms[i]``,
+    equal to ``get`` per user) and ``get_many`` may raise: the Engine falls back (a
+    ``get_block`` that raises is read again user by user with ``get``). ``book`` is the
+    SegmentBook behind ``segment_names`` (None: no minimum-audience check); ``warmup()``
+    compiles what the reads run before the first request; ``erase`` forgets a user.
+    """
 
     feature_names: tuple[str, ...]
     nan_absent: np.ndarray
     segment_names: tuple[str, ...]
+    book: SegmentBook | None
 
     def get(self, user_id: Any, as_of_ms: int) -> Profile | None: ...
+
+    def get_many(self, user_ids: Sequence[Any], as_of_ms: Any = None
+                 ) -> list[Profile | None]: ...
+
+    def get_block(self, user_ids: Sequence[Any], as_of_ms: Any = None) -> ProfileBlock: ...
+
+    def warmup(self) -> Any: ...
 
     def erase(self, user_id: Any) -> bool: ...
 
@@ -88,6 +100,52 @@ class BookState:
     def book(self) -> SegmentBook | None:
         """The SegmentBook given (for the minimum-audience check), or None."""
         return self._book_state[2]
+
+    # defaults of the rest of :class:`ProfileStore`, from ``get``; a store with bulk reads
+    # overrides them
+    def warmup(self) -> Any:
+        """Nothing to compile (a store that compiles overrides it)."""
+        return self
+
+    def get_block(self, user_ids: Sequence[Any], as_of_ms: Any = None) -> ProfileBlock:
+        """``get`` per user (at its own time when ``as_of_ms`` is an array), as one block;
+        a user whose read raises is marked ``failed``."""
+        times = np.broadcast_to(np.asarray(as_of_ms if as_of_ms is not None else 0),
+                                (len(user_ids),)) if as_of_ms is not None else None
+        got, failed = [], np.zeros(len(user_ids), dtype=bool)
+        for i, u in enumerate(user_ids):
+            try:
+                got.append(self.get(u, None if times is None else int(times[i])))
+            except Exception:  # noqa: BLE001 - fails this user's read only
+                got.append(None)
+                failed[i] = True
+        return profiles_block(got, self.segment_names, failed if failed.any() else None)
+
+    def get_many(self, user_ids: Sequence[Any], as_of_ms: Any = None
+                 ) -> list[Profile | None]:
+        """``get`` per user, at one time for all or one per user."""
+        times = np.broadcast_to(np.asarray(as_of_ms), (len(user_ids),)) \
+            if as_of_ms is not None else [None] * len(user_ids)
+        return [self.get(u, None if t is None else int(t)) for u, t in zip(user_ids, times)]
+
+
+def profiles_block(profiles: Sequence[Profile | None], names: tuple[str, ...],
+                   failed: np.ndarray | None = None) -> ProfileBlock:
+    """Profiles (None: absent) as one :class:`ProfileBlock` over segment ``names``."""
+    n = len(profiles)
+    present = np.array([p is not None for p in profiles], dtype=bool)
+    keep = [p for p in profiles if p is not None]
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    indptr[1:] = np.cumsum([0 if p is None else len(p.indices) for p in profiles])
+    indices = np.concatenate([np.asarray(p.indices) for p in keep] + [np.zeros(0, np.int32)]
+                             ).astype(np.int32)
+    values = np.concatenate([np.asarray(p.values) for p in keep] + [np.zeros(0)]
+                            ).astype(np.float64)
+    segments = np.zeros((n, len(names)), dtype=bool)
+    for i, p in enumerate(profiles):
+        if p is not None and p.segments.shape[0] == len(names):
+            segments[i] = p.segments
+    return ProfileBlock(present, indptr, indices, values, segments, tuple(names), failed)
 
 
 def id_rows(users: Any) -> dict:
