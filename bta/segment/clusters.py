@@ -19,6 +19,7 @@ from typing import Any, Literal, Mapping
 import numpy as np
 import scipy.sparse as sp
 
+from bta._params import ParamsMixin
 from bta.errors import ConfigError, NotFittedError, SchemaError, UnknownNameError, check_param
 from bta.features.matrix import FeatureMatrix
 from bta.segment import _kernels
@@ -460,8 +461,11 @@ def check_affinity_params(event: Any, stat: Any, idf: Any) -> None:
     check_param("idf", idf, isinstance(idf, (bool, np.bool_)), "True or False")
 
 
-class InterestClusters:
+class InterestClusters(ParamsMixin):
     """Interest segments by spherical k-means over users' TF-IDF category affinity.
+
+    A scikit-learn style estimator: the parameters are stored as given, checked at construction
+    and by :meth:`fit`, and ``get_params`` / ``set_params`` let ``sklearn.base.clone`` copy it.
 
     Parameters
     ----------
@@ -545,14 +549,8 @@ class InterestClusters:
               or isinstance(self.random_state, np.random.Generator))
         check_param("random_state", self.random_state, ok, "None, an int or a numpy Generator")
 
-    def get_params(self) -> dict[str, Any]:
-        """Constructor parameters (``random_state`` as given)."""
-        return {"n_clusters": self.n_clusters, "event": self.event, "stat": self.stat,
-                "idf": self.idf, "max_iter": self.max_iter, "tol": self.tol,
-                "n_init": self.n_init, "n_top": self.n_top, "random_state": self.random_state}
-
     def _json_params(self) -> dict[str, Any]:
-        p = self.get_params()
+        p = self.get_params(deep=False)
         rs = p["random_state"]
         # A Generator has no JSON form; the fitted centroids, not the seed, define the model.
         p["random_state"] = int(rs) if isinstance(rs, (int, np.integer)) else None
@@ -732,5 +730,5 @@ class InterestClusters:
         return model
 
     def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params(deep=False).items())
         return f"InterestClusters({args})"

@@ -15,6 +15,7 @@ from typing import Any, Literal, Sequence
 import numpy as np
 import pandas as pd
 
+from bta._params import ParamsMixin
 from bta.errors import ConfigError, NotFittedError, UnknownNameError, check_param
 from bta.features.matrix import FeatureMatrix
 from bta.segment import _kernels
@@ -110,8 +111,18 @@ def centroid_scores(X: Any, S: np.ndarray, seed_rows: np.ndarray) -> np.ndarray:
     return scores
 
 
-class Lookalike:
+def _distinct(seed_users: Sequence[Any]) -> np.ndarray:
+    """The distinct seed ids, in order of first appearance."""
+    seed = seed_users if isinstance(seed_users, np.ndarray) else list(seed_users)
+    return pd.unique(np.asarray(seed))
+
+
+class Lookalike(ParamsMixin):
     """Users most similar to a seed, ranked and cut to a reach.
+
+    A scikit-learn style estimator: the parameters (the seed list included) are stored as
+    given, checked at construction and by :meth:`fit`, and ``get_params`` / ``set_params`` let
+    ``sklearn.base.clone`` copy it.
 
     Parameters
     ----------
@@ -131,6 +142,8 @@ class Lookalike:
 
     Attributes
     ----------
+    seed_ids_ : ndarray
+        The distinct ids of ``seed_users``, in order of first appearance.
     users_ : ndarray of shape (n_users,)
     scores_ : ndarray of float64, shape (n_users,)
         Similarity of every user to the seed, in [0, 1] for non-negative features. Seed users get
@@ -165,14 +178,7 @@ class Lookalike:
                  method: Literal["centroid", "knn"] = "centroid", k: int = 10,
                  event: str = "page_view", stat: str = "decay", idf: bool = True,
                  on_unknown: Literal["raise", "ignore"] = "raise"):
-        if isinstance(seed_users, (str, bytes)) or not hasattr(seed_users, "__len__"):
-            raise ConfigError(f"seed_users must be a sequence of user ids, got "
-                              f"{type(seed_users).__name__}")
-        seed = pd.unique(np.asarray(list(seed_users) if not isinstance(seed_users, np.ndarray)
-                                    else seed_users))
-        if len(seed) == 0:
-            raise ConfigError("seed_users must be a non-empty sequence of user ids, got 0 users")
-        self.seed_users = seed
+        self.seed_users = seed_users
         self.method = method
         self.k = k
         self.event = event
@@ -182,6 +188,12 @@ class Lookalike:
         self._check_params()
 
     def _check_params(self) -> None:
+        seed = self.seed_users
+        if isinstance(seed, (str, bytes)) or not hasattr(seed, "__len__"):
+            raise ConfigError(f"seed_users must be a sequence of user ids, got "
+                              f"{type(seed).__name__}")
+        if len(seed) == 0:
+            raise ConfigError("seed_users must be a non-empty sequence of user ids, got 0 users")
         check_param("method", self.method, self.method in ("centroid", "knn"),
                     "'centroid' or 'knn'")
         check_param("k", self.k, isinstance(self.k, (int, np.integer))
@@ -204,23 +216,24 @@ class Lookalike:
             From :func:`~bta.segment.clusters.interest_affinity`.
         """
         self._check_params()
+        seed = _distinct(self.seed_users)
         aff = interest_affinity(fm, event=self.event, stat=self.stat, idf=bool(self.idf))
-        pos = pd.Index(aff.users).get_indexer(self.seed_users)
-        unknown = self.seed_users[pos < 0]
+        pos = pd.Index(aff.users).get_indexer(seed)
+        unknown = seed[pos < 0]
         if unknown.size and self.on_unknown == "raise":
             shown = ", ".join(repr(u) for u in unknown[:_SHOWN_UNKNOWN].tolist())
             more = (f" and {unknown.size - _SHOWN_UNKNOWN} more"
                     if unknown.size > _SHOWN_UNKNOWN else "")
             raise UnknownNameError(
-                f"seed_users has {unknown.size} of {len(self.seed_users)} users not in the "
+                f"seed_users has {unknown.size} of {len(seed)} users not in the "
                 f"FeatureMatrix: {shown}{more}; pass on_unknown='ignore' to drop them")
         rows = np.sort(pos[pos >= 0])
         if rows.size == 0:
-            raise ConfigError(f"none of the {len(self.seed_users)} seed_users is in the "
-                              f"FeatureMatrix")
+            raise ConfigError(f"none of the {len(seed)} seed_users is in the FeatureMatrix")
         if unknown.size:
             logger.warning("Lookalike: %d of %d seed users are not in the FeatureMatrix and were "
-                           "dropped", unknown.size, len(self.seed_users))
+                           "dropped", unknown.size, len(seed))
+        self.seed_ids_ = seed
         self.affinity_ = aff
         self.users_ = aff.users
         self.unknown_seed_ = unknown
@@ -298,7 +311,7 @@ class Lookalike:
         seed_active = self.seed_rows_[has[self.seed_rows_]]
         overlap = float((self.scores_[seed_active] >= threshold).mean())
         return LookalikeReport(
-            n_seed_given=len(self.seed_users), n_seed=int(self.seed_rows_.size),
+            n_seed_given=len(self.seed_ids_), n_seed=int(self.seed_rows_.size),
             n_unknown=int(self.unknown_seed_.size), n_seed_no_affinity=self.n_seed_no_affinity_,
             n_candidates=int(order.size), reach=n,
             n_no_affinity_in_expansion=int((~has[top]).sum()), score_threshold=threshold,
@@ -392,5 +405,6 @@ class Lookalike:
                                    n_train=int(train_rows.size), n_candidates=int(order.size))
 
     def __repr__(self) -> str:
-        return (f"Lookalike({len(self.seed_users)} seed users, method={self.method!r}, "
-                f"k={self.k!r}, event={self.event!r}, stat={self.stat!r})")
+        return (f"Lookalike({len(_distinct(self.seed_users))} seed users, "
+                f"method={self.method!r}, k={self.k!r}, event={self.event!r}, "
+                f"stat={self.stat!r})")

@@ -18,6 +18,7 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
+from bta._params import ParamsMixin
 from bta.errors import ConfigError, NotFittedError, SchemaError, check_param
 from bta.features.matrix import FeatureMatrix
 from bta.segment._propensity_data import (
@@ -102,8 +103,11 @@ _OBJECTIVE_KEYS = ("objective", "objective_type", "app", "application", "loss")
 _CHUNK_ROWS = 32_768
 
 
-class PropensityModel:
+class PropensityModel(ParamsMixin):
     """LightGBM propensity model over a :class:`~bta.features.FeatureMatrix`.
+
+    A scikit-learn style estimator: the parameters are stored as given, checked at construction
+    and by :meth:`fit`, and ``get_params`` / ``set_params`` let ``sklearn.base.clone`` copy it.
 
     Parameters
     ----------
@@ -134,7 +138,9 @@ class PropensityModel:
         Columns where an absent entry means "undefined" (NaN) rather than 0.
     report_ : PropensityReport
     model_file_ : str or None
-        File name of the last :meth:`save` or :meth:`load`, quoted in segment definitions.
+        File name of the last :meth:`save` or :meth:`load` (None after :meth:`fit` until a
+        save), quoted in segment definitions. Like every attribute ending in ``_``, it exists
+        only once the model is fitted or loaded.
 
     Notes
     -----
@@ -158,9 +164,22 @@ class PropensityModel:
     def __init__(self, params: Mapping[str, Any] | None = None, *, num_boost_round: int = 500,
                  early_stopping_rounds: int | None = 50, validation_fraction: float = 0.2,
                  random_state: int = 0, n_jobs: int | None = None) -> None:
+        self.params = params
+        self.num_boost_round = num_boost_round
+        self.early_stopping_rounds = early_stopping_rounds
+        self.validation_fraction = validation_fraction
+        self.random_state = random_state
+        self.n_jobs = n_jobs
+        self._check_params()
+
+    def _check_params(self) -> None:
+        """Check the parameters as stored (at construction and again in :meth:`fit`)."""
+        params, n_jobs = self.params, self.n_jobs
+        num_boost_round, early_stopping_rounds = self.num_boost_round, self.early_stopping_rounds
+        validation_fraction, random_state = self.validation_fraction, self.random_state
         check_param("params", params, params is None or isinstance(params, Mapping),
                     "None or a mapping of LightGBM parameters")
-        params = dict(params or {})
+        params = self._lightgbm_overrides()
         reserved = sorted(set(params) & _RESERVED)
         if reserved:
             raise ConfigError(f"params must not set {reserved}: use the num_boost_round, "
@@ -186,20 +205,21 @@ class PropensityModel:
                     "a non-negative integer")
         check_param("n_jobs", n_jobs, n_jobs is None or (_is_int(n_jobs) and n_jobs >= 1),
                     "None or an integer >= 1")
-        self.params = params
-        self.num_boost_round = int(num_boost_round)
-        self.early_stopping_rounds = early_stopping_rounds
-        self.validation_fraction = float(validation_fraction)
-        self.random_state = int(random_state)
-        self.n_jobs = n_jobs
-        self.model_file_: str | None = None
+
+    def _lightgbm_overrides(self) -> dict[str, Any]:
+        """``params`` as a plain dict (empty for None): what is merged and saved."""
+        return dict(self.params or {})
+
+    def _num_threads(self) -> int:
+        """LightGBM's ``num_threads`` for ``n_jobs`` (0: LightGBM's default)."""
+        return 0 if self.n_jobs is None else int(self.n_jobs)
 
     # ---- fitting -------------------------------------------------------------------------------
     def lightgbm_params(self) -> dict[str, Any]:
         """The full LightGBM parameter set ``fit`` uses."""
-        p = {**DEFAULT_PARAMS, **self.params}
-        p["seed"] = self.random_state
-        p["num_threads"] = 0 if self.n_jobs is None else int(self.n_jobs)
+        p = {**DEFAULT_PARAMS, **self._lightgbm_overrides()}
+        p["seed"] = int(self.random_state)
+        p["num_threads"] = self._num_threads()
         return p
 
     def fit(self, X: FeatureMatrix, y: Any, *, valid: tuple[FeatureMatrix, Any] | None = None,
@@ -237,6 +257,7 @@ class PropensityModel:
         """
         import lightgbm as lgb
 
+        self._check_params()
         fm = _check_fm(X, "X")
         yy = _labels(y)
         if yy.shape[0] != fm.n_users:
@@ -257,7 +278,8 @@ class PropensityModel:
             _check_both_classes(yv, "valid[1]")
             xt, yt, xv = self._design(fm), yy, self._design(vfm)
         elif self.validation_fraction > 0:
-            tr, va = _stratified_split(yy, self.validation_fraction, self.random_state)
+            tr, va = _stratified_split(yy, float(self.validation_fraction),
+                                       int(self.random_state))
             xt, yt, xv, yv = self._design(fm, tr), yy[tr], self._design(fm, va), yy[va]
         else:
             xt, yt, xv, yv = self._design(fm), yy, None, None
@@ -269,9 +291,9 @@ class PropensityModel:
         if xv is not None:
             valid_sets = [lgb.Dataset(xv, label=yv, reference=train)]
             if self.early_stopping_rounds is not None:
-                callbacks.append(lgb.early_stopping(self.early_stopping_rounds,
+                callbacks.append(lgb.early_stopping(int(self.early_stopping_rounds),
                                                     first_metric_only=True, verbose=False))
-        booster = lgb.train(params, train, num_boost_round=self.num_boost_round,
+        booster = lgb.train(params, train, num_boost_round=int(self.num_boost_round),
                             valid_sets=valid_sets, callbacks=callbacks)
         best = booster.best_iteration if booster.best_iteration > 0 else booster.current_iteration()
         # keep exactly the trees used, so that booster_ (and anything flattened from it)
@@ -344,7 +366,7 @@ class PropensityModel:
         fm = _check_fm(fm, "fm")
         out = np.empty(fm.n_users, dtype=np.float64)
         colmap, defaults = self._alignment(fm)
-        nt = 0 if self.n_jobs is None else int(self.n_jobs)
+        nt = self._num_threads()
         for r0 in range(0, fm.n_users, _CHUNK_ROWS):
             r1 = min(r0 + _CHUNK_ROWS, fm.n_users)
             block = _dense_block(fm, r0, r1, colmap, defaults)
@@ -433,10 +455,11 @@ class PropensityModel:
             "lightgbm_version": lgb.__version__,
             "feature_names": list(self.feature_names_),
             "nan_absent": [bool(v) for v in self.nan_absent_],
-            "params": self.params, "num_boost_round": self.num_boost_round,
-            "early_stopping_rounds": self.early_stopping_rounds,
-            "validation_fraction": self.validation_fraction, "random_state": self.random_state,
-            "n_jobs": self.n_jobs, "best_iteration": self.best_iteration_,
+            "params": self._lightgbm_overrides(), "num_boost_round": int(self.num_boost_round),
+            "early_stopping_rounds": _int_or_none(self.early_stopping_rounds),
+            "validation_fraction": float(self.validation_fraction),
+            "random_state": int(self.random_state), "n_jobs": _int_or_none(self.n_jobs),
+            "best_iteration": self.best_iteration_,
             "report": self.report_.to_dict(),
         }
         _meta_path(path).write_text(json.dumps(meta, indent=1))
@@ -511,6 +534,11 @@ class PropensityModel:
             fm = FeatureMatrix(fm.X[rows], fm.feature_names, fm.users[rows], fm.as_of, fm.spec,
                                fm.nan_absent)
         return _dense_block(fm, 0, fm.n_users, colmap, defaults)
+
+
+def _int_or_none(v: Any) -> int | None:
+    """An int parameter as JSON takes it (a NumPy integer is not JSON)."""
+    return None if v is None else int(v)
 
 
 def _meta_path(path: Path) -> Path:
