@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from bta import __version__
 from bta.errors import BtaError, ConfigError, SchemaError
 
 __all__ = ["main", "Progress"]
@@ -419,6 +420,7 @@ def _parser() -> argparse.ArgumentParser:
                                 "Engine -> A/B report. Files are Parquet or CSV (by extension).")
     p.add_argument("--traceback", action="store_true",
                    help="show the traceback of an unexpected error")
+    p.add_argument("--version", action="version", version=f"bta {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, help: str, description: str) -> argparse.ArgumentParser:

@@ -617,3 +617,12 @@ def test_demo_train_days_follow_days(tmp_path, capsys):
     assert code == 2
     assert one_line_error(err) == ("bta: error: demo: --days must be at least 2 (a day of "
                                    "history, one of experiment), got 1")
+
+
+def test_version(capsys):
+    import bta
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out == f"bta {bta.__version__}\n"
