@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from bta.errors import SchemaError, check_param
-from bta.segment._propensity_data import _labels
+from bta.segment.propensity.data import _labels
 
 __all__ = ["PropensityReport", "calibration_table", "roc_auc"]
 

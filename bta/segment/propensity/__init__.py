@@ -21,7 +21,7 @@ import pandas as pd
 from bta._params import ParamsMixin
 from bta.errors import ConfigError, NotFittedError, SchemaError, check_param
 from bta.features.matrix import FeatureMatrix
-from bta.segment._propensity_data import (
+from bta.segment.propensity.data import (
     LabelReport,
     TrainingSet,
     _check_both_classes,
@@ -33,7 +33,7 @@ from bta.segment._propensity_data import (
     _stratified_split,
     training_set,
 )
-from bta.segment._propensity_metrics import PropensityReport, calibration_table, roc_auc
+from bta.segment.propensity.metrics import PropensityReport, calibration_table, roc_auc
 from bta.segment.book import Segment
 
 __all__ = [
