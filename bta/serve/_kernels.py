@@ -5,14 +5,59 @@ pass of a replay (budgets, pacing, caps, choice), which shares the request's ste
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
 from bta._jit import exact_jit, serving_jit
 from bta.segment.rules.kernels import run_code
 
-__all__ = ["eval_rules", "eval_rules_batch", "eligible_one", "scatter_row", "score_choose",
-           "hash_units", "softmax_choose", "replay", "all_finite", "finite_rows"]
+__all__ = ["CapTable", "HistoryLists", "ReplayOut", "MODE_TARGETED", "MODE_UNTARGETED",
+           "MODE_UNRECORDED", "capped_one", "creatives_ok", "eval_rules", "eval_rules_batch", "eligible_one", "scatter_row", "score_choose",
+           "hash_key", "hash_units", "arm_code", "arm_codes", "softmax_choose", "replay", "all_finite", "finite_rows"]
+
+
+class CapTable(NamedTuple):
+    """A configuration's creatives and frequency caps as flat arrays (all IN)."""
+
+    cre_off: np.ndarray   #: int64 (n_campaigns + 1,): campaign c's creatives are codes
+    #: cre_off[c] .. cre_off[c+1]-1
+    cap_off: np.ndarray   #: int64 (n_campaigns + 1,): campaign c's caps cap_off[c]..
+    window: np.ndarray    #: int64 (n_caps,): the cap's window (ms)
+    max_imps: np.ndarray  #: int64 (n_caps,): impressions allowed within the window
+    creative: np.ndarray  #: bool (n_caps,): creative scope (else campaign scope)
+    has_caps: np.ndarray  #: bool (n_campaigns,)
+
+
+class ReplayOut(NamedTuple):
+    """A replay's decisions, one entry per request (all OUT)."""
+
+    camp: np.ndarray        #: int64: campaign index, -1 the house ad
+    k: np.ndarray           #: int64: creative of the campaign (of the house ad when -1)
+    targeted: np.ndarray    #: bool
+    prop: np.ndarray        #: float64: propensity
+    n_eligible: np.ndarray  #: int64
+    score: np.ndarray       #: float64: eCPM (the house ad's is filled by the caller)
+    reason: np.ndarray      #: int64: reason code (position in REASONS)
+    price: np.ndarray       #: float64 (the house ad's is filled by the caller)
+    record: np.ndarray      #: bool: counted against spend and caps (or held pending)
+
+
+#: request modes of :func:`replay`
+MODE_TARGETED = 0    # the targeted path, with a profile row
+MODE_UNTARGETED = 1  # the untargeted choice for the request's reason (counted)
+MODE_UNRECORDED = 2  # the untargeted choice, not counted (a malformed request)
+
+
+class HistoryLists(NamedTuple):
+    """Frequency-cap history as linked lists of impressions, one list per user (a head
+    index, ``next[e]`` the following impression, -1 at the end): IN to the cap checks, IN
+    and OUT to a replay's bookkeeping."""
+
+    t: np.ndarray     #: int64: impression time (ms)
+    camp: np.ndarray  #: int64: campaign index (-1: none of this configuration)
+    cre: np.ndarray   #: int64: creative code (CapTable.cre_off; others never match)
+    next: np.ndarray  #: int64: next impression of the same user, -1 at the last
 
 
 @serving_jit()
@@ -173,6 +218,15 @@ def _hash_one(prefix, data, a, b, h, m, block):
 
 
 @exact_jit()
+def hash_key(key):
+    """``hash_unit`` of one key's UTF-8 bytes (:func:`bta.serve.experiment.hash_unit`)."""
+    h = np.empty(8, dtype=np.uint64)
+    m = np.empty(16, dtype=np.uint64)
+    block = np.zeros(128, dtype=np.uint8)
+    return _hash_one(key, key[:0], 0, 0, h, m, block)
+
+
+@exact_jit()
 def hash_units(prefix, data, offsets, out):
     """``out[i] = hash_unit(prefix + data[offsets[i]:offsets[i+1]])`` (UTF-8 bytes).
 
@@ -184,6 +238,30 @@ def hash_units(prefix, data, offsets, out):
     block = np.zeros(128, dtype=np.uint8)
     for i in range(out.shape[0]):
         out[i] = _hash_one(prefix, data, offsets[i], offsets[i + 1], h, m, block)
+
+
+# ---- experiment arms ----------------------------------------------------------------------------
+@exact_jit()
+def arm_code(u, holdout, cum):
+    """The arm of a user's hash ``u`` (:meth:`bta.serve.experiment.Experiment.assign`):
+    ``len(cum)`` (the holdout) when ``u < holdout``, else the first arm whose cumulative
+    share ``cum[j]`` exceeds ``v = (u - holdout) / (1 - holdout)`` (the last one when ``v``
+    is within rounding of 1)."""
+    n = cum.shape[0]
+    if u < holdout:
+        return n
+    v = (u - holdout) / (1.0 - holdout)
+    for j in range(n):
+        if v < cum[j]:
+            return j
+    return n - 1
+
+
+@exact_jit()
+def arm_codes(units, holdout, cum, out):
+    """:func:`arm_code` of each hash: ``out[i]`` (IN ``units``, ``cum``; OUT ``out``)."""
+    for i in range(units.shape[0]):
+        out[i] = arm_code(units[i], holdout, cum)
 
 
 # ---- choice policies ---------------------------------------------------------------------------
@@ -367,17 +445,17 @@ def _hist_count(head, ev_t, ev_key, ev_next, key, t, window, horizon):
 
 
 @exact_jit()
-def _creatives_ok(c, t, head, cre_off, cap_off, cap_w, cap_max, cap_cre, ev_t, ev_cre, ev_next,
-                  horizon, ks):
-    """Creatives of campaign ``c`` under their creative-scope caps; writes ``ks``, returns
-    how many."""
+def creatives_ok(c, t, head, caps, hist, horizon, ks):
+    """Creatives of campaign ``c`` under their creative-scope caps for the user whose
+    impressions start at ``head`` (-1: none): OUT ``ks[:n]``, returns ``n``."""
     n = 0
-    for k in range(cre_off[c + 1] - cre_off[c]):
+    for k in range(caps.cre_off[c + 1] - caps.cre_off[c]):
         ok = True
         if head >= 0:
-            for j in range(cap_off[c], cap_off[c + 1]):
-                if cap_cre[j] and _hist_count(head, ev_t, ev_cre, ev_next, cre_off[c] + k, t,
-                                              cap_w[j], horizon) >= cap_max[j]:
+            for j in range(caps.cap_off[c], caps.cap_off[c + 1]):
+                if caps.creative[j] and _hist_count(head, hist.t, hist.cre, hist.next,
+                                                    caps.cre_off[c] + k, t, caps.window[j],
+                                                    horizon) >= caps.max_imps[j]:
                     ok = False
                     break
         if ok:
@@ -387,24 +465,64 @@ def _creatives_ok(c, t, head, cre_off, cap_off, cap_w, cap_max, cap_cre, ev_t, e
 
 
 @exact_jit()
+def _reached_cap(c, t, head, caps, hist, horizon, ks):
+    """Whether the user reached a cap of campaign ``c``: a campaign-scope cap, or the
+    creative-scope caps of every creative (the campaign cannot serve)."""
+    for j in range(caps.cap_off[c], caps.cap_off[c + 1]):
+        if not caps.creative[j] and _hist_count(head, hist.t, hist.camp, hist.next, c, t,
+                                                caps.window[j], horizon) >= caps.max_imps[j]:
+            return True
+    return creatives_ok(c, t, head, caps, hist, horizon, ks) == 0
+
+
+@exact_jit()
+def _apply_caps(t, head, caps, hist, horizon, ok, seen, stamp, ks):
+    """``ok[c] = False`` for each campaign the user (list at ``head``) is capped on; only
+    campaigns in the user's (short) list can be, each checked once (``seen[c] == stamp``)."""
+    e = head
+    while e >= 0:
+        c = hist.camp[e]
+        if c >= 0 and seen[c] != stamp:
+            seen[c] = stamp
+            if ok[c] and caps.has_caps[c] and _reached_cap(c, t, head, caps, hist, horizon, ks):
+                ok[c] = False
+        e = hist.next[e]
+
+
+@exact_jit()
+def capped_one(t, caps, hist, horizon, capped, ks):
+    """One request (``Engine.decide``): OUT ``capped[c]``, whether the user whose
+    impressions are all of ``hist`` (one list from 0) is capped on campaign ``c``."""
+    n_c = capped.shape[0]
+    ok = np.ones(n_c, dtype=np.bool_)
+    seen = np.full(n_c, -1, dtype=np.int64)
+    _apply_caps(t, 0 if hist.t.shape[0] > 0 else -1, caps, hist, horizon, ok, seen, 0, ks)
+    for c in range(n_c):
+        capped[c] = not ok[c]
+
+
+@exact_jit()
 def replay(mode, reason, ts, ucode, ctx, prow, rid_data, rid_off, pre_choose, pre_cre, n_house,
            ctx_ok, hits, ctr, start, end, budget, even, slack, slot, targeted, rule, scorer,
-           prior, base, per_ctr, is_cpm, bid, cre_off, has_caps, cap_off, cap_w, cap_max,
-           cap_cre, any_budget, any_caps, max_window, pol, pol_param, count, to_no_fill,
-           r_no_eligible, r_no_fill, spend, head, tail, ev_t, ev_camp, ev_cre, ev_lab, ev_next,
-           n_ev, horizon, now_ms, o_camp, o_k, o_targeted, o_prop, o_neligible, o_score,
-           o_reason, o_price, o_record):
+           prior, base, per_ctr, is_cpm, bid, caps, any_budget, any_caps, max_window, pol,
+           pol_param, count, to_no_fill, r_no_eligible, r_no_fill, spend, head, tail, hist,
+           ev_lab, n_ev, horizon, now_ms, out):
     """Budgets, pacing, caps and the choice for each request in order (the Engine's state).
 
-    ``mode``: 0 targeted path (profile row ``prow``), 1 untargeted (``reason``), 2 untargeted
-    without recording (a malformed request). ``pol``/``pol_param``: policy kind and parameter
-    for [targeted, untargeted] choices. ``spend`` and the per-user history lists (``head``,
-    ``tail``, ``ev_*``; ``ev_camp`` the campaign, ``ev_cre`` the creative id, ``ev_lab`` the
-    (campaign, creative) label of each impression) and the history's horizon
-    (``horizon[0]``; ``now_ms`` the wall clock it never passes) are updated in place as
-    :meth:`Engine._record` would. ``o_camp[i] = -1`` is the house ad (creative ``o_k[i]``
-    of ``n_house``). The request ids (``rid_data[rid_off[i]:rid_off[i+1]]``, UTF-8) are hashed
-    with the ``choose`` / ``creative`` prefixes only where a choice reads them.
+    IN, per request: ``mode`` (:data:`MODE_TARGETED`: profile row ``prow``;
+    :data:`MODE_UNTARGETED`: untargeted for ``reason``; :data:`MODE_UNRECORDED`: untargeted
+    and not counted, a malformed request), ``ts``, ``ucode`` (the user's history list),
+    ``ctx`` (row of ``ctx_ok``), the request ids (``rid_data[rid_off[i]:rid_off[i+1]]``,
+    UTF-8, hashed with the ``choose`` / ``creative`` prefixes only where a choice reads
+    them). IN, per profile row: ``hits`` (rule hits), ``ctr`` (scorer click probabilities).
+    IN, per campaign: the flight, budget, targeting and price arrays, ``caps``
+    (:class:`CapTable`); ``pol``/``pol_param``: policy kind and parameter for [targeted,
+    untargeted] choices. IN and OUT, updated as :meth:`Engine._record` would: ``spend``, the
+    users' lists (``head``, ``tail``, ``hist``: :class:`HistoryLists`; ``ev_lab`` the
+    (campaign, creative) label of each impression, ``n_ev[0]`` the entries used) and the
+    history's horizon (``horizon[0]``; ``now_ms`` the wall clock it never passes). OUT:
+    ``out`` (:class:`ReplayOut`); ``out.camp[i] = -1`` is the house ad (creative
+    ``out.k[i]`` of ``n_house``).
     """
     hh = np.empty(8, dtype=np.uint64)
     hm = np.empty(16, dtype=np.uint64)
@@ -417,37 +535,22 @@ def replay(mode, reason, ts, ucode, ctx, prow, rid_data, rid_off, pre_choose, pr
     seen = np.full(n_c, -1, dtype=np.int64)
     max_k = 1
     for c in range(n_c):
-        max_k = max(max_k, cre_off[c + 1] - cre_off[c])
+        max_k = max(max_k, caps.cre_off[c + 1] - caps.cre_off[c])
     ks = np.empty(max_k, dtype=np.int64)
     for i in range(mode.shape[0]):
         t = ts[i]
-        u = ucode[i] if mode[i] != 2 else -1
+        u = ucode[i] if mode[i] != MODE_UNRECORDED else -1
         for c in range(n_c):
             ok[c] = ctx_ok[ctx[i], c] and _campaign_ok(t, start[c], end[c], any_budget,
                                                        budget[c], even[c], slack[c],
                                                        spend[slot[c]])
         h = head[u] if u >= 0 else -1
         if any_caps and h >= 0:
-            e = h
-            while e >= 0:
-                c = ev_camp[e]
-                if c >= 0 and seen[c] != i:
-                    seen[c] = i
-                    if ok[c] and has_caps[c]:
-                        for j in range(cap_off[c], cap_off[c + 1]):
-                            if not cap_cre[j] and _hist_count(h, ev_t, ev_camp, ev_next, c, t,
-                                                              cap_w[j], horizon[0]) >= cap_max[j]:
-                                ok[c] = False
-                                break
-                        if ok[c] and _creatives_ok(c, t, h, cre_off, cap_off, cap_w, cap_max,
-                                                   cap_cre, ev_t, ev_cre, ev_next, horizon[0],
-                                                   ks) == 0:
-                            ok[c] = False
-                e = ev_next[e]
+            _apply_caps(t, h, caps, hist, horizon[0], ok, seen, i, ks)
         r = reason[i]
         n = 0
         path = 1
-        if mode[i] == 0:
+        if mode[i] == MODE_TARGETED:
             q = prow[i]
             for c in range(n_c):
                 if ok[c] and (not targeted[c] or hits[q, rule[c]]):
@@ -466,64 +569,63 @@ def replay(mode, reason, ts, ucode, ctx, prow, rid_data, rid_off, pre_choose, pr
                     cand[n] = c
                     sc[n] = _ecpm_of(base[c], prior[c], per_ctr[c])
                     n += 1
-        o_targeted[i] = path == 0
-        o_camp[i] = -1
-        o_record[i] = False
-        o_neligible[i] = 0
+        out.targeted[i] = path == 0
+        out.camp[i] = -1
+        out.record[i] = False
+        out.n_eligible[i] = 0
         if n > 0:
             u_c = 0.0
             if pol[path] != 0 and n > 1:  # greedy never reads it; one candidate needs none
                 u_c = _hash_one(pre_choose, rid_data, rid_off[i], rid_off[i + 1], hh, hm, hblock)
             a, p = _policy(pol[path], pol_param[path], sc, n, u_c, p_buf)
             c = cand[a]
-            if mode[i] == 2:
-                nk = cre_off[c + 1] - cre_off[c]
+            if mode[i] == MODE_UNRECORDED:
+                nk = caps.cre_off[c + 1] - caps.cre_off[c]
                 for k in range(nk):
                     ks[k] = k
             else:
-                nk = _creatives_ok(c, t, h if any_caps else -1, cre_off, cap_off, cap_w,
-                                   cap_max, cap_cre, ev_t, ev_cre, ev_next, horizon[0], ks)
-            o_neligible[i] = n
+                nk = creatives_ok(c, t, h if any_caps else -1, caps, hist, horizon[0], ks)
+            out.n_eligible[i] = n
             if nk > 0:
                 k = ks[0]
                 if nk > 1:
                     v = _hash_one(pre_cre, rid_data, rid_off[i], rid_off[i + 1], hh, hm, hblock)
                     k = ks[min(int(v * nk), nk - 1)]
                 price = bid[c] if is_cpm[c] else sc[a]
-                o_camp[i] = c
-                o_k[i] = k
-                o_prop[i] = p / nk
-                o_score[i] = sc[a]
-                o_price[i] = price
-                o_reason[i] = r
-                if mode[i] != 2:
-                    o_record[i] = True
+                out.camp[i] = c
+                out.k[i] = k
+                out.prop[i] = p / nk
+                out.score[i] = sc[a]
+                out.price[i] = price
+                out.reason[i] = r
+                if mode[i] != MODE_UNRECORDED:
+                    out.record[i] = True
                     if count:
                         spend[slot[c]] += price / 1000.0
-                        if max_window > 0 and u >= 0 and has_caps[c]:
+                        if max_window > 0 and u >= 0 and caps.has_caps[c]:
                             e = n_ev[0]
                             n_ev[0] += 1
-                            ev_t[e] = t
-                            ev_camp[e] = c
-                            ev_cre[e] = cre_off[c] + k
-                            ev_lab[e] = cre_off[c] + k
-                            ev_next[e] = -1
+                            hist.t[e] = t
+                            hist.camp[e] = c
+                            hist.cre[e] = caps.cre_off[c] + k
+                            ev_lab[e] = caps.cre_off[c] + k
+                            hist.next[e] = -1
                             if head[u] < 0:
                                 head[u] = e
                             else:
-                                ev_next[tail[u]] = e
+                                hist.next[tail[u]] = e
                             tail[u] = e
                             # the horizon: the latest impression (never ahead of the wall
                             # clock) less the longest cap window; older ones never count
                             horizon[0] = max(horizon[0], min(t, now_ms) - max_window)
-                            while head[u] >= 0 and ev_t[head[u]] <= horizon[0]:
-                                head[u] = ev_next[head[u]]
+                            while head[u] >= 0 and hist.t[head[u]] <= horizon[0]:
+                                head[u] = hist.next[head[u]]
                             if head[u] < 0:
                                 tail[u] = -1
-        if o_camp[i] < 0:  # the house ad; its price and score are filled by the caller
-            o_reason[i] = r_no_fill if to_no_fill[r] else r
-            o_targeted[i] = False
-            o_k[i] = 0
+        if out.camp[i] < 0:  # the house ad; its price and score are filled by the caller
+            out.reason[i] = r_no_fill if to_no_fill[r] else r
+            out.targeted[i] = False
+            out.k[i] = 0
             if n_house > 1:
                 v = _hash_one(pre_cre, rid_data, rid_off[i], rid_off[i + 1], hh, hm, hblock)
-                o_k[i] = min(int(v * n_house), n_house - 1)
+                out.k[i] = min(int(v * n_house), n_house - 1)

@@ -74,14 +74,7 @@ class _Plan:
 
     def __init__(self, snap: _Snapshot):
         cs = snap.campaigns
-        self.cre_off = np.concatenate([[0], np.cumsum([len(c.creatives) for c in cs])]
-                                      ).astype(np.int64)
-        caps = [cap for c in cs for cap in c.caps]
-        self.cap_off = np.concatenate([[0], np.cumsum([len(c.caps) for c in cs])]
-                                      ).astype(np.int64)
-        self.cap_w = np.array([cap.window_ms for cap in caps], dtype=np.int64)
-        self.cap_max = np.array([cap.max_impressions for cap in caps], dtype=np.int64)
-        self.cap_cre = np.array([cap.scope == "creative" for cap in caps], dtype=bool)
+        self.cre_off = snap.caps.cre_off
         self.is_cpm = snap.pricing == _PRICING["cpm"]
         self.pol = np.array(snap.pol_kind, dtype=np.int64)
         self.pol_param = np.array(snap.pol_param, dtype=np.float64)
@@ -90,14 +83,10 @@ class _Plan:
                                      + [cr.id for cr in f.creatives], dtype=object)
         self.campaign_ids = np.array([c.id for c in cs] + [f.id], dtype=object)
         self.n_house = len(f.creatives)
-        ecpm = f.bid if f.pricing == "cpm" else f.bid * f.prior_ctr * 1000.0
-        self.house_score = float(ecpm)
-        self.house_price = float(f.bid if f.pricing == "cpm" else ecpm)
         self.any_budget = snap.any_budget
         self.any_caps = snap.any_caps
         # creative ids -> codes (the creative caps compare ids, across campaigns and swaps)
-        self.cre_code = {cr.id: int(self.cre_off[i]) + k for i, c in enumerate(cs)
-                         for k, cr in enumerate(c.creatives)}
+        self.cre_code = snap.cre_code
         self.labels = [(c.id, cr.id) for c in cs for cr in c.creatives]
         # (campaign id, creative id) of a history entry -> (campaign, creative code, label)
         self.pair_meta = {(c.id, cr.id): (i, int(self.cre_off[i]) + k, int(self.cre_off[i]) + k)
@@ -320,19 +309,11 @@ def _run_chunk(engine: Engine, snap: _Snapshot, plan: _Plan, table: "_ProfileTab
     exp = snap.experiment
     ok_rows = ~cols.bad
     # arms: the experiment's hash of (salt, user id), vectorized
-    arm_names = list(exp.arms) + ["holdout"]
+    arm_names = exp.arm_names
     arm = np.full(n, arm_names.index(exp.control), dtype=np.int64)
     idx = np.flatnonzero(ok_rows)
     ucodes, ukeys = pd.factorize(cols.ukey[idx])  # a user's arm is hashed once per chunk
-    u = _hash_many(f"{exp.salt}:", np.asarray(ukeys, dtype=object))[ucodes]
-    acc, tot = [], 0.0
-    for share in exp.arms.values():
-        tot += share
-        acc.append(tot)
-    v = (u - exp.holdout) / (1.0 - exp.holdout)
-    a = np.minimum(np.searchsorted(np.array(acc), v, side="right"), len(acc) - 1)
-    a[u < exp.holdout] = len(arm_names) - 1
-    arm[idx] = a
+    arm[idx] = exp.arm_codes(_hash_many(f"{exp.salt}:", np.asarray(ukeys, dtype=object)))[ucodes]
     targeted_arm = np.array([exp.is_targeted(x) for x in arm_names])[arm] & ok_rows
     reason = np.where(arm == len(arm_names) - 1, _REASON_CODE["holdout"],
                       _REASON_CODE["control"]).astype(np.int64)
@@ -384,8 +365,8 @@ def _run_chunk(engine: Engine, snap: _Snapshot, plan: _Plan, table: "_ProfileTab
     reason[nonfinite] = _REASON_CODE["fallback:bad_profile"]
     prow[nonfinite] = -1
     hits, ctr = table.hits, table.ctr
-    mode = np.where(cols.bad, 2, 1).astype(np.int8)
-    mode[prow >= 0] = 0
+    mode = np.where(cols.bad, K.MODE_UNRECORDED, K.MODE_UNTARGETED).astype(np.int8)
+    mode[prow >= 0] = K.MODE_TARGETED
     # context table and hashes of the request ids
     n_c = len(snap.campaigns)
     if snap.has_context:
@@ -394,15 +375,11 @@ def _run_chunk(engine: Engine, snap: _Snapshot, plan: _Plan, table: "_ProfileTab
         ctx_ok = np.ones((len(cols.ctx_keys), n_c), dtype=bool)
     rid_data, rid_off = _utf8(cols.rid)
     # the sequential pass, under the lock that guards spend and caps
-    o_camp = np.empty(n, dtype=np.int64)
-    o_k = np.zeros(n, dtype=np.int64)
-    o_targeted = np.empty(n, dtype=bool)
-    o_prop = np.zeros(n)
-    o_nel = np.empty(n, dtype=np.int64)
-    o_score = np.zeros(n)
-    o_reason = np.empty(n, dtype=np.int64)
-    o_price = np.zeros(n)
-    o_record = np.empty(n, dtype=bool)
+    out = K.ReplayOut(camp=np.empty(n, dtype=np.int64), k=np.zeros(n, dtype=np.int64),
+                      targeted=np.empty(n, dtype=bool), prop=np.zeros(n),
+                      n_eligible=np.empty(n, dtype=np.int64), score=np.zeros(n),
+                      reason=np.empty(n, dtype=np.int64), price=np.zeros(n),
+                      record=np.empty(n, dtype=bool))
     count = engine.count_on == "decision"
     horizon = np.zeros(1, dtype=np.int64)
     with engine._runtime_lock:
@@ -413,25 +390,24 @@ def _run_chunk(engine: Engine, snap: _Snapshot, plan: _Plan, table: "_ProfileTab
                  np.int64(plan.n_house), ctx_ok,
                  hits, ctr, snap.start, snap.end, snap.budget, snap.pacing_even, snap.slack,
                  snap.slot_of, snap.targeted, snap.rule_of, snap.scorer_of, snap.prior_ctr,
-                 snap.ecpm_base, snap.ecpm_per_ctr, plan.is_cpm, snap.bid, plan.cre_off,
-                 snap.has_caps, plan.cap_off, plan.cap_w, plan.cap_max, plan.cap_cre,
+                 snap.ecpm_base, snap.ecpm_per_ctr, plan.is_cpm, snap.bid, snap.caps,
                  plan.any_budget, plan.any_caps, np.int64(snap.max_cap_window), plan.pol,
                  plan.pol_param, count, _TO_NO_FILL, np.int64(_REASON_CODE["fallback:no_eligible"]),
                  np.int64(_REASON_CODE["fallback:no_fill"]), engine._spend_arr, hist.head,
-                 hist.tail, hist.ev_t, hist.ev_camp, hist.ev_cre, hist.ev_lab, hist.ev_next,
-                 hist.n_ev, horizon, np.int64(_now_ms()), o_camp, o_k, o_targeted, o_prop,
-                 o_nel, o_score, o_reason, o_price, o_record)
+                 hist.tail, hist.lists(), hist.ev_lab, hist.n_ev, horizon, np.int64(_now_ms()),
+                 out)
         if count and plan.any_caps:
             engine._history.horizon = int(horizon[0])
-            hist.write_back(o_record & (o_camp >= 0)
-                            & snap.has_caps[np.maximum(o_camp, 0)] & (hist.ucode >= 0))
+            hist.write_back(out.record & (out.camp >= 0)
+                            & snap.has_caps[np.maximum(out.camp, 0)] & (hist.ucode >= 0))
+    o_camp, o_k, o_targeted, o_prop, o_nel, o_score, o_reason, o_price, o_record = out
     # the house ad where nothing (else) served
     house = o_camp < 0
     n_cur = int(plan.cre_off[-1])
     cre = np.where(house, n_cur + o_k, plan.cre_off[np.maximum(o_camp, 0)] + o_k)
     o_prop[house] = 1.0 / plan.n_house
-    o_score[house] = plan.house_score
-    o_price[house] = plan.house_price
+    o_score[house] = snap.house_score
+    o_price[house] = snap.house_price
     if not count:
         rec = np.flatnonzero(o_record & ~house)[-engine.max_pending:]
         for i in rec.tolist():
@@ -701,6 +677,11 @@ class _History:
             self._room(n)
         ucode[ok] = ucodes[codes]
         self.version = engine._history_version
+
+    def lists(self) -> K.HistoryLists:
+        """The lists' arrays as the kernels read them (the arrays themselves: written in
+        place)."""
+        return K.HistoryLists(self.ev_t, self.ev_camp, self.ev_cre, self.ev_next)
 
     def _room(self, n: int) -> None:
         need = int(self.n_ev[0]) + n + 1

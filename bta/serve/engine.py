@@ -122,6 +122,8 @@ class _Snapshot:
     end: np.ndarray
     scorer_of: np.ndarray
     has_caps: np.ndarray
+    caps: K.CapTable  # creatives and frequency caps as flat arrays
+    cre_code: dict  # creative id -> its code in caps (what the creative caps compare)
     # packed rules
     rules: tuple
     n_rules: int
@@ -146,12 +148,15 @@ class _Snapshot:
     # per campaign, what the choice reads: (campaign, price if CPM else None, creative ids,
     # whether it has creative-scope caps)
     serving: tuple
+    house_score: float  # the house ad's eCPM: its CPM bid, else bid x prior CTR x 1000
+    house_price: float  # ... and its price (the same)
 
 
 class _Scratch:
     """One thread's work arrays for the requests of one snapshot."""
 
-    __slots__ = ("snap", "hits", "need", "cand", "sc", "p", "ctr", "x")
+    __slots__ = ("snap", "hits", "need", "cand", "sc", "p", "ctr", "x", "ks", "lists",
+                 "horizon")
 
     def __init__(self, snap: _Snapshot):
         n = len(snap.campaigns)
@@ -163,6 +168,10 @@ class _Scratch:
         self.p = np.zeros(max(n, 1))
         self.ctr = np.zeros(max(len(snap.scorers), 1))
         self.x = [np.zeros(d.shape[0]) for d in snap.scorer_defaults]
+        self.ks = np.zeros(max([len(c.creatives) for c in snap.campaigns], default=1),
+                           dtype=np.int64)  # creatives under their caps (K.creatives_ok)
+        self.lists = None  # the request's user's impressions (K.HistoryLists), or None
+        self.horizon = 0  # ... and the history's horizon they were read at
 
 
 #: the built-in policies, which the compiled choice (and a replay) runs by their ``kind``
@@ -582,7 +591,14 @@ class Engine:
                 grown[: self._spend_arr.shape[0]] = self._spend_arr
                 self._spend_arr = grown
         slot_of = np.array([self._slot[c.id] for c in campaigns], dtype=np.int64)
+        caps = [cap for c in campaigns for cap in c.caps]
+        has_caps = np.array([bool(c.caps) for c in campaigns], dtype=bool)
+        cre_off = np.concatenate([[0], np.cumsum([len(c.creatives) for c in campaigns])]
+                                 ).astype(np.int64)
+        house = float(fallback.bid if fallback.pricing == "cpm" else
+                      fallback.bid * fallback.prior_ctr * 1000.0)
         return _Snapshot(
+            house_score=house, house_price=house,
             campaigns=campaigns, fallback=fallback, version=str(version), experiment=experiment,
             policy=policy, untargeted_policy=untargeted_policy, privacy=privacy,
             targeted=np.array([c.targeting is not None for c in campaigns], dtype=bool),
@@ -600,7 +616,16 @@ class Engine:
             end=np.array([_INT64_MAX if c.end_ms is None else c.end_ms for c in campaigns],
                          dtype=np.int64),
             scorer_of=scorer_of,
-            has_caps=np.array([bool(c.caps) for c in campaigns], dtype=bool),
+            has_caps=has_caps, caps=K.CapTable(
+                cre_off=cre_off,
+                cap_off=np.concatenate([[0], np.cumsum([len(c.caps) for c in campaigns])]
+                                       ).astype(np.int64),
+                window=np.array([cap.window_ms for cap in caps], dtype=np.int64),
+                max_imps=np.array([cap.max_impressions for cap in caps], dtype=np.int64),
+                creative=np.array([cap.scope == "creative" for cap in caps], dtype=bool),
+                has_caps=has_caps),
+            cre_code={cr.id: int(cre_off[i]) + k for i, c in enumerate(campaigns)
+                      for k, cr in enumerate(c.creatives)},
             rules=rules, n_rules=len(compiled), scorers=tuple(scorer_list),
             scorer_maps=tuple(maps), scorer_defaults=tuple(defaults),
             max_cap_window=max(caps_w, default=0), store_segments=seg_names, slot_of=slot_of,
@@ -811,45 +836,30 @@ class Engine:
             snap.ctx_cache.put(ctx, mask)
         return mask
 
-    def _capped(self, snap: _Snapshot, ukey: str | None, ts: int) -> np.ndarray:
+    def _capped(self, snap: _Snapshot, work: _Scratch, ukey: str | None,
+                ts: int) -> np.ndarray:
         """Per campaign: whether the user (canonical id ``ukey``) reached one of its frequency
-        caps (a campaign-scope cap, or creative-scope caps on every creative); empty when
-        nothing can be capped."""
+        caps (:func:`K.capped_one`, the replay's rule); empty when nothing can be capped. The
+        user's impressions are left in ``work.lists`` for the choice of a creative."""
+        work.lists = None
         if not snap.any_caps or ukey is None:
             return _NONE_CAPPED
         hist = self._history.entries(ukey)  # immutable: another thread may record meanwhile
         if not hist:
             return _NONE_CAPPED
+        n = len(hist)
+        index_of, cre_code = snap.index_of, snap.cre_code
+        nxt = np.arange(1, n + 1, dtype=np.int64)
+        nxt[-1] = -1
+        # one list from 0, as the replay's lists; ids of earlier configurations never match
+        work.lists = lists = K.HistoryLists(
+            np.fromiter((e[0] for e in hist), dtype=np.int64, count=n),
+            np.fromiter((index_of.get(e[1], -1) for e in hist), dtype=np.int64, count=n),
+            np.fromiter((cre_code.get(e[2], -1) for e in hist), dtype=np.int64, count=n), nxt)
+        work.horizon = self._history.horizon
         capped = np.zeros(len(snap.campaigns), dtype=bool)
-        # only campaigns in the user's (short) history can have reached a cap
-        seen: dict[str, list[int]] = {}
-        for t, cid, _crid in hist:
-            seen.setdefault(cid, []).append(t)
-        for cid, times in seen.items():
-            i = snap.index_of.get(cid)
-            if i is None or not snap.has_caps[i]:
-                continue
-            c = snap.campaigns[i]
-            for cap in c.caps:
-                if cap.scope == "campaign" and sum(
-                        1 for t in times if ts - t < cap.window_ms) >= cap.max_impressions:
-                    capped[i] = True
-                    break
-            if not capped[i] and not self._creative_ok(c, ukey, ts):
-                capped[i] = True  # every creative capped: the campaign cannot serve
+        K.capped_one(ts, snap.caps, lists, work.horizon, capped, work.ks)
         return capped
-
-    def _creative_ok(self, c: Campaign, ukey: str | None, ts: int) -> list[int]:
-        caps = [cap for cap in c.caps if cap.scope == "creative"]
-        if not caps or ukey is None:
-            return list(range(len(c.creatives)))
-        hist = self._history.entries(ukey)
-        out = []
-        for k, cr in enumerate(c.creatives):
-            if all(sum(1 for (t, _c, crid) in hist if crid == cr.id and ts - t < cap.window_ms)
-                   < cap.max_impressions for cap in caps):
-                out.append(k)
-        return out
 
     def _scratch(self, snap: _Snapshot) -> _Scratch:
         """This thread's work arrays for requests under ``snap`` (no allocation per request)."""
@@ -878,7 +888,7 @@ class Engine:
             return self._untargeted(snap, user_id, ukey, ts, request_id, arm,
                                     "fallback:bad_profile", mask)
         work = self._scratch(snap)
-        capped = self._capped(snap, ukey, ts)
+        capped = self._capped(snap, work, ukey, ts)
         if snap.n_rules:
             R = snap.rules
             K.eval_rules(R[0], R[1], R[2], R[3], R[4], R[5], R[6], R[7], R[8], R[9],
@@ -907,9 +917,9 @@ class Engine:
     def _untargeted(self, snap: _Snapshot, user_id: Any, ukey: str | None, ts: int,
                     request_id: str, arm: str, reason: str, mask: np.ndarray | None,
                     record: bool = True, capped: np.ndarray | None = None) -> Decision:
-        if capped is None:
-            capped = self._capped(snap, ukey if record else None, ts)
         work = self._scratch(snap)
+        if capped is None:
+            capped = self._capped(snap, work, ukey if record else None, ts)
         n = self._eligible(snap, work, 1, ts, mask, capped)
         if n == 0:
             return self._house(snap, user_id, ts, request_id, arm, reason, 0)
@@ -933,9 +943,12 @@ class Engine:
             policy = snap.policy if path == 0 else snap.untargeted_policy
             i, p = policy.choose(work.sc[:n].copy(), u)
         score = float(work.sc[i])
-        c, cpm_price, creative_ids, creative_caps = snap.serving[int(work.cand[i])]
-        ks = self._creative_ok(c, ukey, ts) if record and creative_caps else \
-            range(len(creative_ids))
+        ci = int(work.cand[i])
+        c, cpm_price, creative_ids, creative_caps = snap.serving[ci]
+        ks = range(len(creative_ids))
+        if record and creative_caps and work.lists is not None:
+            ks = work.ks[:K.creatives_ok(ci, ts, 0, snap.caps, work.lists, work.horizon,
+                                         work.ks)].tolist()
         if not ks:  # every creative of the campaign is capped for this user
             return self._house(snap, user_id, ts, request_id, arm, reason, n)
         k = ks[0]
@@ -960,13 +973,12 @@ class Engine:
         if len(f.creatives) > 1:
             v = hash_unit(f"{snap.version}:creative:{request_id}")
             k = min(int(v * len(f.creatives)), len(f.creatives) - 1)
-        ecpm = f.bid if f.pricing == "cpm" else f.bid * f.prior_ctr * 1000.0
         if reason in ("targeted", "control", "holdout"):
             reason = "fallback:no_fill"
         return Decision(ts=ts, request_id=request_id, user_id=user_id, arm=arm,
                         creative_id=f.creatives[k].id, campaign_id=f.id, targeted=False,
                         propensity=1.0 / len(f.creatives), n_eligible=int(n_eligible),
-                        score=float(ecpm), price=float(f.bid if f.pricing == "cpm" else ecpm),
+                        score=snap.house_score, price=snap.house_price,
                         policy_version=snap.version, reason=reason)
 
     def _record(self, ukey, ts, campaign, creative_id, price, max_window) -> None:
@@ -1008,6 +1020,12 @@ class Engine:
             sc.predict_one(d.copy())
             K.scatter_row(d, m, np.zeros(0, dtype=np.int32), np.zeros(0), d.copy())
         work = _Scratch(snap)
+        snap.experiment.assign("warmup")  # the arm rule and the hash (hash_unit)
+        none = np.full(1, -1, dtype=np.int64)  # one impression of no campaign
+        lists = K.HistoryLists(np.zeros(1, dtype=np.int64), none, none, none)
+        K.capped_one(0, snap.caps, lists, 0, np.zeros(len(snap.campaigns), dtype=bool), work.ks)
+        if snap.campaigns:
+            K.creatives_ok(0, 0, 0, snap.caps, lists, 0, work.ks)
         K.all_finite(np.zeros(0))
         if snap.n_rules:
             R = snap.rules

@@ -2,23 +2,23 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import numpy as np
 
 from bta.errors import ConfigError, check_param
+from bta.serve import _kernels as K
 
 __all__ = ["Experiment", "hash_unit"]
 
-_SCALE = float(2**64)
-
 
 def hash_unit(key: str) -> float:
-    """A uniform number in [0, 1) from a string (BLAKE2b, 64 bits): same key, same number."""
-    h = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest()
-    return int.from_bytes(h, "little") / _SCALE
+    """A uniform number in [0, 1) from a string: its BLAKE2b-64 digest (RFC 7693, UTF-8 with
+    ``surrogatepass``) read little-endian over 2**64; same key, same number. One compiled
+    implementation (:func:`bta.serve._kernels.hash_key`), which a replay runs for many keys
+    at once (:func:`bta.serve._kernels.hash_units`)."""
+    return K.hash_key(np.frombuffer(key.encode("utf-8", "surrogatepass"), dtype=np.uint8))
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,24 @@ class Experiment:
                     "a share in [0, 1)")
         check_param("salt", self.salt, isinstance(self.salt, str), "a string")
         object.__setattr__(self, "arms", dict(zip(names, (w / w.sum()).tolist())))
+        acc, cum = 0.0, []
+        for share in self.arms.values():  # summed left to right, as the shares are read
+            acc += share
+            cum.append(acc)
+        object.__setattr__(self, "_cum", np.array(cum, dtype=np.float64))
+
+    @property
+    def arm_names(self) -> tuple[str, ...]:
+        """The arms, then ``"holdout"``: the names of :meth:`arm_codes`."""
+        return tuple(self.arms) + ("holdout",)
+
+    def arm_codes(self, units: np.ndarray) -> np.ndarray:
+        """Arm codes (positions in :attr:`arm_names`) of users' hashes ``units``
+        (``hash_unit(salt + ":" + user id)``), the rule :meth:`assign` applies to one."""
+        units = np.ascontiguousarray(units, dtype=np.float64)
+        out = np.empty(units.shape[0], dtype=np.int64)
+        K.arm_codes(units, float(self.holdout), self._cum, out)
+        return out
 
     @property
     def weights(self) -> dict[str, float]:
@@ -77,18 +95,8 @@ class Experiment:
 
     def assign(self, user_id: Any) -> str:
         """Arm of ``user_id``."""
-        u = hash_unit(f"{self.salt}:{user_id}")
-        if u < self.holdout:
-            return "holdout"
-        v = (u - self.holdout) / (1.0 - self.holdout)
-        acc = 0.0
-        last = self.control
-        for arm, share in self.arms.items():
-            acc += share
-            last = arm
-            if v < acc:
-                return arm
-        return last  # v within rounding of 1.0
+        j = K.arm_code(hash_unit(f"{self.salt}:{user_id}"), float(self.holdout), self._cum)
+        return self.arm_names[j]
 
     def is_targeted(self, arm: str) -> bool:
         return arm != self.control and arm != "holdout"
