@@ -70,8 +70,12 @@ class StoreError(BtaError, RuntimeError):
     """A profile store could not be reached or answered garbage."""
 
 
-def check_param(name: str, value: Any, ok: bool, expected: str, cls: type = ConfigError) -> None:
+def check_param(name: str, value: Any, ok: bool, expected: str, cls: type = ConfigError, *,
+                got: str | None = None) -> None:
     """Raise ``cls`` with the house message template unless ``ok``.
+
+    The template, ``"<name> must be <expected>, got <got>"``, is the one message of every
+    parameter check in bta (the declared constraints of :mod:`bta._params` raise through it).
 
     Parameters
     ----------
@@ -83,6 +87,9 @@ def check_param(name: str, value: Any, ok: bool, expected: str, cls: type = Conf
         Result of the check.
     expected : str
         What was expected, in words ("a positive number of days").
+    got : str, optional
+        What to show after "got" instead of ``repr(value)`` (e.g. the type name of a value
+        whose repr is long).
 
     Examples
     --------
@@ -92,7 +99,7 @@ def check_param(name: str, value: Any, ok: bool, expected: str, cls: type = Conf
     bta.errors.ConfigError: half_life must be a positive duration, got -1.0
     """
     if not ok:
-        raise cls(f"{name} must be {expected}, got {value!r}")
+        raise cls(f"{name} must be {expected}, got {repr(value) if got is None else got}")
 
 
 def check_paths(name: str, value: Any, expected: str) -> str | list[str]:
@@ -103,7 +110,7 @@ def check_paths(name: str, value: Any, expected: str) -> str | list[str]:
     """
     if isinstance(value, (str, os.PathLike)):
         return os.fspath(value)
-    if isinstance(value, Sequence) and value and all(
-            isinstance(p, (str, os.PathLike)) for p in value):
-        return [os.fspath(p) for p in value]
-    raise ConfigError(f"{name} must be {expected}, got {value!r}")
+    ok = isinstance(value, Sequence) and bool(value) and all(
+        isinstance(p, (str, os.PathLike)) for p in value)
+    check_param(name, value, ok, expected)
+    return [os.fspath(p) for p in value]

@@ -14,13 +14,14 @@ import difflib
 import logging
 import re
 from dataclasses import dataclass
+from numbers import Integral, Real
 from typing import Any, Literal, Mapping
 
 import numpy as np
 import scipy.sparse as sp
 
-from bta._params import ParamsMixin
-from bta.errors import ConfigError, NotFittedError, SchemaError, UnknownNameError, check_param
+from bta._params import InstanceOf, Interval, Options, ParamsMixin, Predicate, validate_params
+from bta.errors import ConfigError, NotFittedError, SchemaError, UnknownNameError
 from bta.features.matrix import FeatureMatrix
 from bta.segment import _kernels
 from bta.segment.book import Segment
@@ -34,6 +35,14 @@ logger = logging.getLogger("bta")
 FORMAT = "bta.segment.InterestClusters"
 FORMAT_VERSION = 1
 _STAT = re.compile(r"^(decay|count:[^:]+)$")
+#: The affinity geometry's parameters, shared by :class:`InterestClusters` and ``Lookalike``.
+AFFINITY_CONSTRAINTS: dict[str, list[Any]] = {
+    "event": [Predicate(lambda v: isinstance(v, str) and v != "", "a non-empty event name")],
+    "stat": [Predicate(lambda v: isinstance(v, str) and bool(_STAT.match(v)),
+                       "'decay' or 'count:<window>' (e.g. 'count:7d')")],
+    "idf": ["boolean"],
+}
+_METRIC = {"metric": [Options(("cosine", "euclidean"))]}
 # Squared distances below this share of the largest squared row norm are rounding noise of
 # |x|^2 + |c|^2 - 2 x.c: such rows duplicate a chosen center and must not be drawn again.
 _DUPLICATE_RTOL = 1e-12
@@ -136,12 +145,10 @@ def interest_affinity(fm: FeatureMatrix, *, event: str = "page_view", stat: str 
     >>> aff.X.shape, aff.n_no_affinity                           # doctest: +SKIP
     ((939, 20), 0)
     """
-    if not isinstance(fm, FeatureMatrix):
-        raise ConfigError(f"fm must be a FeatureMatrix (see build_features), got "
-                          f"{type(fm).__name__}")
-    check_param("event", event, isinstance(event, str) and event != "", "a non-empty event name")
-    check_param("stat", stat, isinstance(stat, str) and bool(_STAT.match(stat)),
-                "'decay' or 'count:<window>' (e.g. 'count:7d')")
+    validate_params({"fm": [InstanceOf(FeatureMatrix, desc="a FeatureMatrix (see build_features)",
+                                       show_type=True)],
+                     "event": AFFINITY_CONSTRAINTS["event"], "stat": AFFINITY_CONSTRAINTS["stat"]},
+                    {"fm": fm, "event": event, "stat": stat}, "interest_affinity")
     if fm.n_users == 0:
         raise SchemaError("fm has no users: interest affinity needs a FeatureMatrix with at "
                           "least one user")
@@ -314,14 +321,15 @@ def kmeans_plusplus(X: Any, n_clusters: int, *, random_state: Any = None,
     :math:`D^2 = 2 (1 - \\cos)`, so the cosine and Euclidean versions draw alike.
     """
     X = _as_csr(X)
-    check_param("metric", metric, metric in ("cosine", "euclidean"), "'cosine' or 'euclidean'")
+    validate_params(_METRIC, {"metric": metric}, "kmeans_plusplus")
     rng = np.random.default_rng(random_state)
     sq = _row_sqnorm(X)
     usable = sq > 0 if metric == "cosine" else np.ones(X.shape[0], dtype=bool)
     n_usable = int(usable.sum())
-    check_param("n_clusters", n_clusters,
-                isinstance(n_clusters, (int, np.integer)) and 1 <= n_clusters <= n_usable,
-                f"an integer between 1 and the number of usable rows ({n_usable})")
+    validate_params({"n_clusters": [Interval(
+        Integral, 1, n_usable, desc=f"an integer between 1 and the number of usable rows "
+                                    f"({n_usable})")]}, {"n_clusters": n_clusters},
+        "kmeans_plusplus")
     tiny = _DUPLICATE_RTOL * max(1.0, float(sq.max()))
     chosen = np.empty(n_clusters, dtype=np.int64)
     chosen[0] = rng.choice(np.flatnonzero(usable))
@@ -371,11 +379,9 @@ def kmeans(X: Any, init: np.ndarray, *, metric: Literal["cosine", "euclidean"] =
     iter=max_iter, minit="matrix")``.
     """
     X = _as_csr(X)
-    check_param("metric", metric, metric in ("cosine", "euclidean"), "'cosine' or 'euclidean'")
-    check_param("max_iter", max_iter, isinstance(max_iter, (int, np.integer)) and max_iter >= 1,
-                "an integer >= 1")
-    check_param("tol", tol, isinstance(tol, (int, float)) and np.isfinite(tol) and tol >= 0,
-                "a finite number >= 0")
+    validate_params({**_METRIC, **{k: InterestClusters._parameter_constraints[k]
+                                   for k in ("max_iter", "tol")}},
+                    {"metric": metric, "max_iter": max_iter, "tol": tol}, "kmeans")
     C = np.array(init, dtype=np.float64)
     n, d = X.shape
     if C.ndim != 2 or C.shape[1] != d or C.shape[0] < 1 or not np.all(np.isfinite(C)):
@@ -453,14 +459,6 @@ def _relocate_empty(X: sp.csr_matrix, labels: np.ndarray, dist: np.ndarray, sums
 
 
 # ---- the estimator -----------------------------------------------------------------------------
-def check_affinity_params(event: Any, stat: Any, idf: Any) -> None:
-    """Check the geometry parameters shared by :class:`InterestClusters` and ``Lookalike``."""
-    check_param("event", event, isinstance(event, str) and event != "", "a non-empty event name")
-    check_param("stat", stat, isinstance(stat, str) and bool(_STAT.match(stat)),
-                "'decay' or 'count:<window>' (e.g. 'count:7d')")
-    check_param("idf", idf, isinstance(idf, (bool, np.bool_)), "True or False")
-
-
 class InterestClusters(ParamsMixin):
     """Interest segments by spherical k-means over users' TF-IDF category affinity.
 
@@ -516,6 +514,16 @@ class InterestClusters(ParamsMixin):
     >>> labels = restored.predict(new_fm)                         # doctest: +SKIP
     """
 
+    _parameter_constraints: dict[str, list[Any]] = {
+        "n_clusters": [Interval(Integral, 1, None, closed="left")],
+        **AFFINITY_CONSTRAINTS,
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "tol": [Interval(Real, 0, None, closed="left")],
+        "n_init": [Interval(Integral, 1, None, closed="left")],
+        "n_top": [Interval(Integral, 1, None, closed="left")],
+        "random_state": ["random_state"],
+    }
+
     def __init__(self, n_clusters: int = 8, *, event: str = "page_view", stat: str = "decay",
                  idf: bool = True, max_iter: int = 100, tol: float = 1e-6, n_init: int = 3,
                  n_top: int = 5, random_state: Any = None):
@@ -528,26 +536,7 @@ class InterestClusters(ParamsMixin):
         self.n_init = n_init
         self.n_top = n_top
         self.random_state = random_state
-        self._check_params()
-
-    def _check_params(self) -> None:
-        def is_int(v: Any) -> bool:
-            return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-        check_param("n_clusters", self.n_clusters, is_int(self.n_clusters) and self.n_clusters >= 1,
-                    "an integer >= 1")
-        check_affinity_params(self.event, self.stat, self.idf)
-        check_param("max_iter", self.max_iter, is_int(self.max_iter) and self.max_iter >= 1,
-                    "an integer >= 1")
-        check_param("tol", self.tol, isinstance(self.tol, (int, float)) and not
-                    isinstance(self.tol, bool) and np.isfinite(self.tol) and self.tol >= 0,
-                    "a finite number >= 0")
-        check_param("n_init", self.n_init, is_int(self.n_init) and self.n_init >= 1,
-                    "an integer >= 1")
-        check_param("n_top", self.n_top, is_int(self.n_top) and self.n_top >= 1, "an integer >= 1")
-        ok = (self.random_state is None or is_int(self.random_state)
-              or isinstance(self.random_state, np.random.Generator))
-        check_param("random_state", self.random_state, ok, "None, an int or a numpy Generator")
+        self._validate_params()
 
     def _json_params(self) -> dict[str, Any]:
         p = self.get_params(deep=False)
@@ -568,7 +557,7 @@ class InterestClusters(ParamsMixin):
         SchemaError, UnknownNameError
             From :func:`interest_affinity`.
         """
-        self._check_params()
+        self._validate_params()
         aff = interest_affinity(fm, event=self.event, stat=self.stat, idf=bool(self.idf))
         n_active = int(aff.has_affinity.sum())
         if self.n_clusters > n_active:

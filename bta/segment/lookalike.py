@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass
+from numbers import Integral, Real
 from typing import Any, Literal, Sequence
 
 import numpy as np
 import pandas as pd
 
-from bta._params import ParamsMixin
+from bta._params import Interval, Options, ParamsMixin, Predicate, validate_params
 from bta.errors import ConfigError, NotFittedError, UnknownNameError, check_param
 from bta.features.matrix import FeatureMatrix
 from bta.segment import _kernels
 from bta.segment.book import Segment
-from bta.segment.clusters import Affinity, check_affinity_params, interest_affinity
+from bta.segment.clusters import AFFINITY_CONSTRAINTS, Affinity, interest_affinity
 
 __all__ = ["Lookalike", "LookalikeReport", "LookalikeEvaluation"]
 
@@ -174,6 +175,15 @@ class Lookalike(ParamsMixin):
     >>> la.evaluate(holdout_fraction=0.2, random_state=0).lift    # doctest: +SKIP
     """
 
+    _parameter_constraints: dict[str, list[Any]] = {
+        "seed_users": [Predicate(lambda v: not isinstance(v, (str, bytes)) and hasattr(v, "__len__"),
+                                 "a sequence of user ids", show_type=True)],
+        "method": [Options(("centroid", "knn"))],
+        "k": [Interval(Integral, 1, None, closed="left")],
+        **AFFINITY_CONSTRAINTS,
+        "on_unknown": [Options(("raise", "ignore"))],
+    }
+
     def __init__(self, seed_users: Sequence[Any], *,
                  method: Literal["centroid", "knn"] = "centroid", k: int = 10,
                  event: str = "page_view", stat: str = "decay", idf: bool = True,
@@ -188,19 +198,11 @@ class Lookalike(ParamsMixin):
         self._check_params()
 
     def _check_params(self) -> None:
-        seed = self.seed_users
-        if isinstance(seed, (str, bytes)) or not hasattr(seed, "__len__"):
-            raise ConfigError(f"seed_users must be a sequence of user ids, got "
-                              f"{type(seed).__name__}")
-        if len(seed) == 0:
-            raise ConfigError("seed_users must be a non-empty sequence of user ids, got 0 users")
-        check_param("method", self.method, self.method in ("centroid", "knn"),
-                    "'centroid' or 'knn'")
-        check_param("k", self.k, isinstance(self.k, (int, np.integer))
-                    and not isinstance(self.k, bool) and self.k >= 1, "an integer >= 1")
-        check_affinity_params(self.event, self.stat, self.idf)
-        check_param("on_unknown", self.on_unknown, self.on_unknown in ("raise", "ignore"),
-                    "'raise' or 'ignore'")
+        """The declared constraints, then the one that depends on a valid type."""
+        self._validate_params()
+        n = len(self.seed_users)
+        check_param("seed_users", self.seed_users, n > 0, "a non-empty sequence of user ids",
+                    got=f"{n} users")
 
     # ---- fitting -------------------------------------------------------------------------------
     def fit(self, fm: FeatureMatrix) -> "Lookalike":
@@ -290,13 +292,13 @@ class Lookalike(ParamsMixin):
                              "has_affinity": self.affinity_.has_affinity[order]})
 
     def _reach(self, reach: Any, n_candidates: int) -> int:
-        ok_int = (isinstance(reach, (int, np.integer)) and not isinstance(reach, bool)
-                  and 1 <= reach <= n_candidates)
-        ok_frac = isinstance(reach, (float, np.floating)) and 0.0 < reach <= 1.0
-        check_param("reach", reach, ok_int or ok_frac,
-                    f"a number of users between 1 and {n_candidates} (the non-seed users) or a "
-                    f"fraction in (0, 1]")
-        if ok_int:
+        # an int is a number of users, a float a fraction of them (1 and 1.0 differ)
+        validate_params({"reach": [
+            Interval(Integral, 1, n_candidates,
+                     desc=f"a number of users between 1 and {n_candidates} (the non-seed users)"),
+            Predicate(lambda v: isinstance(v, (float, np.floating)) and 0.0 < v <= 1.0,
+                      "a fraction in (0, 1]")]}, {"reach": reach}, "Lookalike")
+        if isinstance(reach, Integral):
             return int(reach)
         return max(1, int(round(float(reach) * n_candidates)))
 
@@ -336,7 +338,8 @@ class Lookalike(ParamsMixin):
             ``scores`` are ``scores_``; the definition holds the method, parameters and the
             :meth:`report` figures (never the seed ids).
         """
-        check_param("include_seed", include_seed, isinstance(include_seed, bool), "True or False")
+        validate_params({"include_seed": ["boolean"]}, {"include_seed": include_seed},
+                        "Lookalike.segment")
         rep = self.report(reach)
         members = np.zeros(self.users_.shape[0], dtype=bool)
         members[self._order(self.scores_, self.is_seed_)[:rep.reach]] = True
@@ -378,10 +381,9 @@ class Lookalike(ParamsMixin):
         seed; a random ranking has expected recall :math:`r / n_{candidates}`.
         """
         self._check_fitted()
-        check_param("holdout_fraction", holdout_fraction,
-                    isinstance(holdout_fraction, (float, int)) and not isinstance(
-                        holdout_fraction, bool) and 0.0 < holdout_fraction < 1.0,
-                    "a fraction in (0, 1)")
+        validate_params({"holdout_fraction": [Interval(Real, 0, 1, closed="neither",
+                                                        desc="a fraction in (0, 1)")]},
+                        {"holdout_fraction": holdout_fraction}, "Lookalike.evaluate")
         rng = np.random.default_rng(random_state)
         seed = self.seed_rows_
         n_hold = int(round(holdout_fraction * seed.size))

@@ -12,13 +12,14 @@ import hashlib
 import json
 import logging
 import math
+from numbers import Integral, Real
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
 
-from bta._params import ParamsMixin
+from bta._params import InstanceOf, Interval, ParamsMixin, validate_params
 from bta.errors import ConfigError, NotFittedError, SchemaError, check_param
 from bta.features.matrix import FeatureMatrix
 from bta.segment.propensity.data import (
@@ -27,8 +28,6 @@ from bta.segment.propensity.data import (
     _check_both_classes,
     _check_fm,
     _dense_block,
-    _is_int,
-    _is_real,
     _labels,
     _stratified_split,
     training_set,
@@ -103,6 +102,11 @@ _OBJECTIVE_KEYS = ("objective", "objective_type", "app", "application", "loss")
 _CHUNK_ROWS = 32_768
 
 
+# what segment() takes as the cut, one of the two
+_CUT_CONSTRAINTS: dict[str, list[Any]] = {"threshold": [Interval(Real, 0, 1)],
+                                          "top_fraction": [Interval(Real, 0, 1, closed="right")]}
+
+
 class PropensityModel(ParamsMixin):
     """LightGBM propensity model over a :class:`~bta.features.FeatureMatrix`.
 
@@ -161,6 +165,16 @@ class PropensityModel(ParamsMixin):
     ('propensity', True)
     """
 
+    _parameter_constraints: dict[str, list[Any]] = {
+        "params": [None, InstanceOf(Mapping, desc="a mapping of LightGBM parameters")],
+        "num_boost_round": [Interval(Integral, 1, None, closed="left")],
+        "early_stopping_rounds": [None, Interval(Integral, 1, None, closed="left")],
+        "validation_fraction": [Interval(Real, 0, 1, closed="left")],
+        "random_state": [Interval(Integral, 0, None, closed="left",
+                                  desc="a non-negative integer")],
+        "n_jobs": [None, Interval(Integral, 1, None, closed="left")],
+    }
+
     def __init__(self, params: Mapping[str, Any] | None = None, *, num_boost_round: int = 500,
                  early_stopping_rounds: int | None = 50, validation_fraction: float = 0.2,
                  random_state: int = 0, n_jobs: int | None = None) -> None:
@@ -173,12 +187,11 @@ class PropensityModel(ParamsMixin):
         self._check_params()
 
     def _check_params(self) -> None:
-        """Check the parameters as stored (at construction and again in :meth:`fit`)."""
-        params, n_jobs = self.params, self.n_jobs
-        num_boost_round, early_stopping_rounds = self.num_boost_round, self.early_stopping_rounds
-        validation_fraction, random_state = self.validation_fraction, self.random_state
-        check_param("params", params, params is None or isinstance(params, Mapping),
-                    "None or a mapping of LightGBM parameters")
+        """Check the parameters as stored (at construction and again in :meth:`fit`).
+
+        The declared constraints, then what LightGBM's ``params`` may hold.
+        """
+        self._validate_params()
         params = self._lightgbm_overrides()
         reserved = sorted(set(params) & _RESERVED)
         if reserved:
@@ -193,18 +206,6 @@ class PropensityModel(ParamsMixin):
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"params must be JSON-serializable (they are saved with the "
                               f"model): {exc}") from None
-        check_param("num_boost_round", num_boost_round, _is_int(num_boost_round)
-                    and num_boost_round >= 1, "an integer >= 1")
-        check_param("early_stopping_rounds", early_stopping_rounds, early_stopping_rounds is None
-                    or (_is_int(early_stopping_rounds) and early_stopping_rounds >= 1),
-                    "None or an integer >= 1")
-        ok = (isinstance(validation_fraction, (int, float)) and not isinstance(
-            validation_fraction, bool) and 0.0 <= validation_fraction < 1.0)
-        check_param("validation_fraction", validation_fraction, ok, "a number in [0, 1)")
-        check_param("random_state", random_state, _is_int(random_state) and random_state >= 0,
-                    "a non-negative integer")
-        check_param("n_jobs", n_jobs, n_jobs is None or (_is_int(n_jobs) and n_jobs >= 1),
-                    "None or an integer >= 1")
 
     def _lightgbm_overrides(self) -> dict[str, Any]:
         """``params`` as a plain dict (empty for None): what is merged and saved."""
@@ -410,12 +411,10 @@ class PropensityModel(ParamsMixin):
         if (threshold is None) == (top_fraction is None):
             raise ConfigError(f"give exactly one of threshold and top_fraction, got "
                               f"threshold={threshold!r}, top_fraction={top_fraction!r}")
-        if threshold is not None:
-            check_param("threshold", threshold, _is_real(threshold) and 0 <= threshold <= 1,
-                        "a number in [0, 1]")
-        else:
-            check_param("top_fraction", top_fraction, _is_real(top_fraction)
-                        and 0 < top_fraction <= 1, "a number in (0, 1]")
+        given = {"threshold": threshold} if threshold is not None else {"top_fraction":
+                                                                        top_fraction}
+        validate_params({name: _CUT_CONSTRAINTS[name] for name in given}, given,
+                        "PropensityModel.segment")
         scores = self.predict(fm)
         if threshold is not None:
             cut = float(threshold)
