@@ -1,6 +1,9 @@
-"""Serving kernels: targeting rules for one user or many, BLAKE2b hashing of many keys, the
-choice policies, a request's eligibility and choice (``Engine.decide``), and the sequential
-pass of a replay (budgets, pacing, caps, choice), which shares the request's steps."""
+"""Serving kernels: targeting rules for one user or many, BLAKE2b hashing (one key or many),
+experiment arms, the choice policies, and the decision's steps, each written once for its two
+callers: a request (``Engine.decide``: :func:`capped_one`, :func:`eligible_one`,
+:func:`score_choose`, :func:`creatives_ok`) and the sequential pass of a replay
+(:func:`replay`, n >= 1 requests), which runs the same :func:`_open`, :func:`_apply_caps`,
+:func:`_candidates`, :func:`_score`, :func:`_policy` and :func:`creatives_ok`."""
 
 from __future__ import annotations
 
@@ -13,8 +16,10 @@ from bta._jit import exact_jit, serving_jit
 from bta.segment.rules.kernels import run_code
 
 __all__ = ["CapTable", "HistoryLists", "ReplayOut", "MODE_TARGETED", "MODE_UNTARGETED",
-           "MODE_UNRECORDED", "capped_one", "creatives_ok", "eval_rules", "eval_rules_batch", "eligible_one", "scatter_row", "score_choose",
-           "hash_key", "hash_units", "arm_code", "arm_codes", "softmax_choose", "replay", "all_finite", "finite_rows"]
+           "MODE_UNRECORDED", "PATH_TARGETED", "PATH_UNTARGETED", "capped_one",
+           "creatives_ok", "eval_rules", "eval_rules_batch", "eligible_one", "scatter_row",
+           "score_choose", "hash_key", "hash_units", "arm_code", "arm_codes", "softmax_choose",
+           "replay", "all_finite", "finite_rows"]
 
 
 class CapTable(NamedTuple):
@@ -346,33 +351,72 @@ def _campaign_ok(t, start, end, any_budget, budget, even, slack, spent):
     return True
 
 
+#: the two choices of a request: with the profile, or without it
+PATH_TARGETED = 0
+PATH_UNTARGETED = 1
+
+
+@exact_jit()
+def _open(t, ctx_ok, start, end, any_budget, budget, even, slack, spend, slot, ok):
+    """OUT ``ok[c]``: campaign ``c`` may serve the request at ``t`` as far as its context
+    targeting (IN ``ctx_ok[c]``), flight and budget (:func:`_campaign_ok`) go; the caps come
+    after (:func:`_apply_caps`, :func:`capped_one`)."""
+    for c in range(ok.shape[0]):
+        ok[c] = ctx_ok[c] and _campaign_ok(t, start[c], end[c], any_budget, budget[c],
+                                           even[c], slack[c], spend[slot[c]])
+
+
+@exact_jit()
+def _candidates(path, ok, targeted, rule, hits, cand):
+    """Of the campaigns open to a request (``ok[c]``: in flight, under budget, context met,
+    not capped), the candidates of ``path`` in campaign order: OUT ``cand[:n]``, returns
+    ``n``. :data:`PATH_TARGETED`: every campaign whose targeting rule holds
+    (``hits[rule[c]]``) or that has none; :data:`PATH_UNTARGETED`: only campaigns without
+    targeting. One rule for a request (:func:`eligible_one`) and a replay (:func:`replay`)."""
+    n = 0
+    for c in range(ok.shape[0]):
+        if ok[c] and (not targeted[c] or (path == PATH_TARGETED and hits[rule[c]])):
+            cand[n] = c
+            n += 1
+    return n
+
+
+@exact_jit()
+def _score(cand, n, path, scorer, ctr, prior, base, per_ctr, sc):
+    """OUT ``sc[:n]``: the eCPM of each candidate (:func:`_ecpm_of`) with the click
+    probability of its scorer ``ctr[s]`` on the targeted path, else the campaign's prior."""
+    for i in range(n):
+        c = cand[i]
+        s = scorer[c]
+        sc[i] = _ecpm_of(base[c], prior[c] if path != PATH_TARGETED or s < 0 else ctr[s],
+                         per_ctr[c])
+
+
 @exact_jit()
 def eligible_one(t, path, ctx_ok, capped, start, end, any_budget, budget, even, slack, spend,
                  slot, targeted, rule, hits, scorer, need, cand):
-    """The eligible campaigns of one request, in campaign order; returns how many.
+    """The eligible campaigns of one request, in campaign order (OUT ``cand``); returns how
+    many.
 
-    ``path`` 0 (targeted): every campaign whose targeting rule holds (``hits[rule[c]]``) or
-    that has none; ``need[s]`` is set for each scorer ``s`` a candidate prices with. ``path``
-    1 (untargeted): only campaigns without targeting. Both: in flight and under budget
-    (:func:`_campaign_ok`), context met (``ctx_ok[c]``; empty: no context targeting) and not
-    frequency-capped for the user (``capped[c]``; empty: nothing capped).
+    Open to the request: in flight and under budget (:func:`_campaign_ok`), context met
+    (``ctx_ok[c]``; empty: no context targeting) and not frequency-capped for the user
+    (``capped[c]``; empty: nothing capped); then the candidates of ``path``
+    (:func:`_candidates`). OUT ``need[s]``: set for each scorer ``s`` a candidate of the
+    targeted path prices with.
     """
     need[:] = False
-    has_ctx = ctx_ok.shape[0] > 0
-    has_cap = capped.shape[0] > 0
-    n = 0
-    for c in range(start.shape[0]):
-        if targeted[c] and (path != 0 or not hits[rule[c]]):
-            continue
-        if (has_ctx and not ctx_ok[c]) or (has_cap and capped[c]):
-            continue
-        if not _campaign_ok(t, start[c], end[c], any_budget, budget[c], even[c], slack[c],
-                            spend[slot[c]]):
-            continue
-        cand[n] = c
-        n += 1
-        if path == 0 and scorer[c] >= 0:
-            need[scorer[c]] = True
+    n_c = start.shape[0]
+    ok = np.empty(n_c, dtype=np.bool_)
+    _open(t, ctx_ok if ctx_ok.shape[0] > 0 else np.ones(n_c, dtype=np.bool_), start, end,
+          any_budget, budget, even, slack, spend, slot, ok)
+    if capped.shape[0] > 0:
+        for c in range(n_c):
+            ok[c] = ok[c] and not capped[c]
+    n = _candidates(path, ok, targeted, rule, hits, cand)
+    if path == PATH_TARGETED:
+        for i in range(n):
+            if scorer[cand[i]] >= 0:
+                need[scorer[cand[i]]] = True
     return n
 
 
@@ -416,14 +460,10 @@ def _ecpm_of(base, ctr, per_ctr):
 
 @exact_jit()
 def score_choose(cand, n, path, scorer, ctr, prior, base, per_ctr, kind, param, u, sc, p):
-    """Scores ``sc[:n]`` of the candidates ``cand[:n]`` (eCPM with the scorer's click
-    probability ``ctr[s]`` on the targeted path, else the campaign's prior) and the policy's
+    """Scores ``sc[:n]`` of the candidates ``cand[:n]`` (:func:`_score`) and the policy's
     choice (:func:`_policy`) as (position, probability); ``kind < 0`` only scores (the
     caller's own policy chooses) and returns (-1, 0.0)."""
-    for i in range(n):
-        c = cand[i]
-        s = scorer[c]
-        sc[i] = _ecpm_of(base[c], prior[c] if path != 0 or s < 0 else ctr[s], per_ctr[c])
+    _score(cand, n, path, scorer, ctr, prior, base, per_ctr, sc)
     if kind < 0:
         return -1, 0.0
     return _policy(kind, param, sc, n, u, p)
@@ -533,6 +573,8 @@ def replay(mode, reason, ts, ucode, ctx, prow, rid_data, rid_off, pre_choose, pr
     sc = np.empty(n_c)
     p_buf = np.empty(n_c)
     seen = np.full(n_c, -1, dtype=np.int64)
+    no_hits = np.zeros(1, dtype=np.bool_)  # the untargeted path reads no profile
+    no_ctr = np.zeros(1)
     max_k = 1
     for c in range(n_c):
         max_k = max(max_k, caps.cre_off[c + 1] - caps.cre_off[c])
@@ -540,36 +582,25 @@ def replay(mode, reason, ts, ucode, ctx, prow, rid_data, rid_off, pre_choose, pr
     for i in range(mode.shape[0]):
         t = ts[i]
         u = ucode[i] if mode[i] != MODE_UNRECORDED else -1
-        for c in range(n_c):
-            ok[c] = ctx_ok[ctx[i], c] and _campaign_ok(t, start[c], end[c], any_budget,
-                                                       budget[c], even[c], slack[c],
-                                                       spend[slot[c]])
+        _open(t, ctx_ok[ctx[i]], start, end, any_budget, budget, even, slack, spend, slot, ok)
         h = head[u] if u >= 0 else -1
         if any_caps and h >= 0:
             _apply_caps(t, h, caps, hist, horizon[0], ok, seen, i, ks)
         r = reason[i]
+        path = PATH_UNTARGETED
         n = 0
-        path = 1
         if mode[i] == MODE_TARGETED:
             q = prow[i]
-            for c in range(n_c):
-                if ok[c] and (not targeted[c] or hits[q, rule[c]]):
-                    cand[n] = c
-                    s = scorer[c]
-                    sc[n] = _ecpm_of(base[c], prior[c] if s < 0 else ctr[q, s], per_ctr[c])
-                    n += 1
+            n = _candidates(PATH_TARGETED, ok, targeted, rule, hits[q], cand)
             if n > 0:
-                path = 0
+                path = PATH_TARGETED
+                _score(cand, n, path, scorer, ctr[q], prior, base, per_ctr, sc)
             else:
                 r = r_no_eligible
-        if path == 1:
-            n = 0
-            for c in range(n_c):
-                if ok[c] and not targeted[c]:
-                    cand[n] = c
-                    sc[n] = _ecpm_of(base[c], prior[c], per_ctr[c])
-                    n += 1
-        out.targeted[i] = path == 0
+        if path == PATH_UNTARGETED:
+            n = _candidates(path, ok, targeted, rule, no_hits, cand)
+            _score(cand, n, path, scorer, no_ctr, prior, base, per_ctr, sc)
+        out.targeted[i] = path == PATH_TARGETED
         out.camp[i] = -1
         out.record[i] = False
         out.n_eligible[i] = 0

@@ -512,8 +512,8 @@ class _ProfileTable:
     def lookup(self, users: np.ndarray, ts: np.ndarray) -> np.ndarray:
         """Table rows of the (user, ts) profiles: read from the store those not yet in it
         (one ``get_block`` call with a time per user); ``_NO_PROFILE`` / ``_FAILED`` where
-        there is none or the read failed (failures are not kept: a later chunk reads again). Users a block
-        marks ``failed`` fail; a ``get_block`` that raises is read again user by user (a
+        there is none or the read failed (failures are not kept: a later chunk reads
+        again). Users a block marks ``failed`` fail; a ``get_block`` that raises is read again user by user (a
         shard that is down fails its users' reads only)."""
         ucode, uniq_u = pd.factorize(users)
         tcode, uniq_t = pd.factorize(ts)

@@ -894,7 +894,7 @@ class Engine:
             K.eval_rules(R[0], R[1], R[2], R[3], R[4], R[5], R[6], R[7], R[8], R[9],
                          _segments_for(profile, snap.store_segments), idx, val,
                          snap.n_features, work.hits)
-        n = self._eligible(snap, work, 0, ts, mask, capped)
+        n = self._eligible(snap, work, K.PATH_TARGETED, ts, mask, capped)
         if n == 0:
             return self._untargeted(snap, user_id, ukey, ts, request_id, arm,
                                     "fallback:no_eligible", mask, capped=capped)
@@ -912,7 +912,8 @@ class Engine:
         if time.perf_counter() - t0 > self.time_budget_s:
             return self._untargeted(snap, user_id, ukey, ts, request_id, arm,
                                     "fallback:timeout", mask, capped=capped)
-        return self._choose(snap, work, n, 0, user_id, ukey, ts, request_id, arm, "targeted")
+        return self._choose(snap, work, n, K.PATH_TARGETED, user_id, ukey, ts, request_id,
+                            arm, "targeted")
 
     def _untargeted(self, snap: _Snapshot, user_id: Any, ukey: str | None, ts: int,
                     request_id: str, arm: str, reason: str, mask: np.ndarray | None,
@@ -920,11 +921,11 @@ class Engine:
         work = self._scratch(snap)
         if capped is None:
             capped = self._capped(snap, work, ukey if record else None, ts)
-        n = self._eligible(snap, work, 1, ts, mask, capped)
+        n = self._eligible(snap, work, K.PATH_UNTARGETED, ts, mask, capped)
         if n == 0:
             return self._house(snap, user_id, ts, request_id, arm, reason, 0)
-        return self._choose(snap, work, n, 1, user_id, ukey, ts, request_id, arm, reason,
-                            record=record)
+        return self._choose(snap, work, n, K.PATH_UNTARGETED, user_id, ukey, ts, request_id,
+                            arm, reason, record=record)
 
     def _choose(self, snap: _Snapshot, work: _Scratch, n: int, path: int, user_id: Any,
                 ukey: str | None, ts: int, request_id: str, arm: str, reason: str,
@@ -940,7 +941,7 @@ class Engine:
                               snap.ecpm_base, snap.ecpm_per_ctr, kind, snap.pol_param[path], u,
                               work.sc, work.p)
         if kind < 0:  # a policy of the caller's own
-            policy = snap.policy if path == 0 else snap.untargeted_policy
+            policy = snap.policy if path == K.PATH_TARGETED else snap.untargeted_policy
             i, p = policy.choose(work.sc[:n].copy(), u)
         score = float(work.sc[i])
         ci = int(work.cand[i])
@@ -963,7 +964,7 @@ class Engine:
             else:
                 self._hold(request_id, ukey, ts, c, creative_id, price, snap.max_cap_window)
         return Decision(ts=ts, request_id=request_id, user_id=user_id, arm=arm,
-                        creative_id=creative_id, campaign_id=c.id, targeted=path == 0,
+                        creative_id=creative_id, campaign_id=c.id, targeted=path == K.PATH_TARGETED,
                         propensity=float(p) / len(ks), n_eligible=n, score=score, price=price,
                         policy_version=snap.version, reason=reason)
 
@@ -1032,7 +1033,7 @@ class Engine:
             K.eval_rules(R[0], R[1], R[2], R[3], R[4], R[5], R[6], R[7], R[8], R[9],
                          np.zeros(len(snap.store_segments), dtype=bool),
                          np.zeros(0, dtype=np.int32), np.zeros(0), snap.n_features, work.hits)
-        for path in (0, 1):
+        for path in (K.PATH_TARGETED, K.PATH_UNTARGETED):
             n = self._eligible(snap, work, path, 0, None, _NONE_CAPPED)
             for kind in (0, -1):
                 K.score_choose(work.cand, n, path, snap.scorer_of, work.ctr, snap.prior_ctr,
