@@ -52,6 +52,7 @@ __all__ = [
     "RandomState",
     "describe",
     "make_constraint",
+    "validate_args",
     "validate_params",
 ]
 
@@ -292,6 +293,23 @@ def validate_params(constraints: Mapping[str, list[Any]], values: Mapping[str, A
             continue
         got = type(value).__name__ if all(c.show_type for c in objs) else None
         check_param(name, value, False, describe(objs), got=got)
+
+
+def validate_args(constraints: Mapping[str, list[Any]], owner: str, **values: Any) -> None:
+    """:func:`validate_params` for the named ``values`` only: a function's arguments checked
+    against a module's declaration (``validate_args(_PARAMS, "f", prefix=prefix)``).
+
+    Raises
+    ------
+    ConfigError
+        As :func:`validate_params`.
+    TypeError
+        A value whose name ``constraints`` does not declare (a programming error of owner).
+    """
+    missing = sorted(set(values) - set(constraints))
+    if missing:
+        raise TypeError(f"{owner} checks {missing}, which have no declared constraints")
+    validate_params({name: constraints[name] for name in values}, values, owner)
 
 
 class ParamsMixin:

@@ -30,6 +30,7 @@ from bta._params import (
     RandomState,
     describe,
     make_constraint,
+    validate_args,
     validate_params,
 )
 from bta.errors import ConfigError, check_param
@@ -110,6 +111,15 @@ def test_the_one_template() -> None:
         # the type name is shown only when every constraint of the parameter asks for it
         validate_params({"x": [None, InstanceOf(dict, show_type=True)]}, {"x": [1]}, "f")
     validate_params({"n": [None]}, {"n": None, "m": "not declared, not checked"}, "f")
+
+
+def test_validate_args_checks_the_named_arguments_only() -> None:
+    declared = {"n": [Interval(Integral, 1, None, closed="left")], "flag": ["boolean"]}
+    validate_args(declared, "f", flag=True)  # n is not checked: not passed
+    with pytest.raises(ConfigError, match=r"^flag must be True or False, got 1$"):
+        validate_args(declared, "f", n=2, flag=1)
+    with pytest.raises(TypeError, match=r"f checks \['m'\], which have no declared"):
+        validate_args(declared, "f", m=1)
 
 
 def test_declaration_errors_are_programming_errors() -> None:

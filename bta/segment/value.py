@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bta.errors import ConfigError, SchemaError, UnknownNameError, check_param
+from bta._params import InstanceOf, Predicate, validate_args
+from bta.errors import ConfigError, SchemaError, UnknownNameError
 from bta.events import EventLog, to_epoch_ms
 from bta.features.matrix import FeatureMatrix
 from bta.segment.book import Segment
@@ -51,6 +52,21 @@ _PROSPECTS_RULE = "no conversion at or before as_of (R = F = M = 0)"
 
 
 # ---------------------------------------------------------------------------- RFM
+
+
+def _is_shares(shares: Any) -> bool:
+    return (isinstance(shares, (tuple, list)) and len(shares) == 2
+            and all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in shares)
+            and 0 < shares[0] < shares[1] <= 1)
+
+
+_PARAMS: dict[str, list[Any]] = {
+    "data": [InstanceOf(EventLog, FeatureMatrix, show_type=True)],
+    "log": [InstanceOf(EventLog, show_type=True)],
+    "exclude_flagged": ["boolean"],
+    "prefix": [InstanceOf(str, desc="a string")],
+    "shares": [Predicate(_is_shares, "a pair (top, middle) with 0 < top < middle <= 1")],
+}
 
 
 def rfm_table(data: EventLog | FeatureMatrix, as_of: Any = None, *,
@@ -143,8 +159,7 @@ def _quintile_scores(v: np.ndarray) -> np.ndarray:
 def _rfm_inputs(data: Any, as_of: Any, exclude_flagged: bool
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """users, recency_days (NaN: none), frequency (int64) and monetary of ``data``."""
-    check_param("exclude_flagged", exclude_flagged, isinstance(exclude_flagged, bool),
-                "True or False")
+    validate_args(_PARAMS, "rfm_table", exclude_flagged=exclude_flagged, data=data)
     if isinstance(data, FeatureMatrix):
         if as_of is not None and to_epoch_ms(as_of, "as_of") != data.as_of.value // 1_000_000:
             raise ConfigError(f"as_of must be None or the FeatureMatrix's as_of "
@@ -157,9 +172,6 @@ def _rfm_inputs(data: Any, as_of: Any, exclude_flagged: bool
                                    "FeatureMatrix with FeatureSpec(user_features=True)") from None
         freq = np.rint(cols[1]).astype(np.int64)
         return np.asarray(data.users), cols[0], freq, np.asarray(cols[2], dtype=np.float64)
-    if not isinstance(data, EventLog):
-        raise ConfigError(f"data must be an EventLog or a FeatureMatrix, got "
-                          f"{type(data).__name__}")
     if as_of is None:
         t = int(data.ts.max()) if data.n_rows else 0
     else:
@@ -222,7 +234,7 @@ def rfm_segments(data: Any, as_of: Any = None, *, prefix: str = "rfm:",
     prospects   no conversion (R = F = M = 0)
     =========== ===============================
     """
-    check_param("prefix", prefix, isinstance(prefix, str), "a string")
+    validate_args(_PARAMS, "rfm_segments", prefix=prefix)
     table = _rfm_of(data, as_of, exclude_flagged)
     r, f, m = (table[c].to_numpy() for c in ("R", "F", "M"))
     left = table["frequency"].to_numpy() > 0
@@ -259,10 +271,7 @@ def _utc(ms: int) -> pd.Timestamp:
 
 
 def _check_shares(shares: Any) -> tuple[float, float]:
-    ok = (isinstance(shares, (tuple, list)) and len(shares) == 2
-          and all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in shares)
-          and 0 < shares[0] < shares[1] <= 1)
-    check_param("shares", shares, ok, "a pair (top, middle) with 0 < top < middle <= 1")
+    validate_args(_PARAMS, "pareto_tiers", shares=shares)
     return float(shares[0]), float(shares[1])
 
 
@@ -337,7 +346,7 @@ def pareto_segments(data: Any, as_of: Any = None, *, shares: tuple[float, float]
 
     Members are aligned with the rows of :func:`rfm_table` of ``data``; ``kind="value"``.
     """
-    check_param("prefix", prefix, isinstance(prefix, str), "a string")
+    validate_args(_PARAMS, "pareto_segments", prefix=prefix)
     tiers = pareto_tiers(data, as_of, shares=shares, exclude_flagged=exclude_flagged)
     stamp = _as_of_text(data, as_of)
     top, mid = _check_shares(shares)
@@ -447,13 +456,11 @@ def crm_indicators(log: EventLog, start: Any, end: Any, *,
     A user is a customer of a period when they have at least one ``conversion`` in it; see
     :class:`CrmIndicators` for each indicator's definition.
     """
-    if not isinstance(log, EventLog):
-        raise ConfigError(f"log must be an EventLog, got {type(log).__name__}")
+    validate_args(_PARAMS, "crm_indicators", log=log)
     t0, t1 = to_epoch_ms(start, "start"), to_epoch_ms(end, "end")
     if t0 >= t1:
         raise ConfigError(f"end must be after start, got start={start!r}, end={end!r}")
-    check_param("exclude_flagged", exclude_flagged, isinstance(exclude_flagged, bool),
-                "True or False")
+    validate_args(_PARAMS, "crm_indicators", exclude_flagged=exclude_flagged)
     top, mid = _check_shares(shares)
     tp = t0 - (t1 - t0)
     conv = log.event == log.event_code("conversion")

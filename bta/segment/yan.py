@@ -13,13 +13,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from numbers import Integral
 from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from bta.errors import ConfigError, SchemaError, check_param
+from bta._params import InstanceOf, Interval, validate_args
+from bta.errors import SchemaError
 from bta.segment.book import SegmentBook
 
 __all__ = ["SimilarityRatio", "similarity_ratio", "yan_analysis", "yan_best", "plot_yan"]
@@ -158,6 +160,14 @@ def _membership(segments: Any, n: int) -> sp.csr_matrix:
 
 # ---- CTR by segment ----------------------------------------------------------------------------
 _LOG_COLUMNS = "user_id, ad_id and either (impressions, clicks) or clicked"
+_PARAMS: dict[str, list[Any]] = {
+    "log": [InstanceOf(pd.DataFrame, desc=f"a pandas DataFrame with columns {_LOG_COLUMNS}",
+                       show_type=True)],
+    "book": [InstanceOf(SegmentBook, show_type=True)],
+    "min_impressions": [Interval(Integral, 0, None, closed="left")],
+    "activatable_only": ["boolean"],
+    "max_ads": [Interval(Integral, 1, None, closed="left")],
+}
 
 
 def yan_analysis(log: pd.DataFrame, book: SegmentBook, *,
@@ -223,13 +233,8 @@ def yan_analysis(log: pd.DataFrame, book: SegmentBook, *,
     >>> table = yan_analysis(log, book, min_impressions=50)   # doctest: +SKIP
     >>> yan_best(table)[["ad_id", "segment", "lift"]]           # doctest: +SKIP
     """
-    if not isinstance(book, SegmentBook):
-        raise ConfigError(f"book must be a SegmentBook, got {type(book).__name__}")
-    check_param("min_impressions", min_impressions,
-                isinstance(min_impressions, (int, np.integer)) and min_impressions >= 0,
-                "an integer >= 0")
-    check_param("activatable_only", activatable_only, isinstance(activatable_only, bool),
-                "True or False")
+    validate_args(_PARAMS, "yan_analysis", book=book, min_impressions=min_impressions,
+                  activatable_only=activatable_only)
     users, ads, imp, clk = _read_log(log)
     ad_codes, ad_ids = pd.factorize(ads, sort=True)
     n_ads = len(ad_ids)
@@ -284,9 +289,7 @@ def yan_analysis(log: pd.DataFrame, book: SegmentBook, *,
 
 def _read_log(log: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """user ids, ad ids, impressions and clicks (float64) of a validated log."""
-    if not isinstance(log, pd.DataFrame):
-        raise ConfigError(f"log must be a pandas DataFrame with columns {_LOG_COLUMNS}, got "
-                          f"{type(log).__name__}")
+    validate_args(_PARAMS, "yan_analysis", log=log)
     for col in ("user_id", "ad_id"):
         if col not in log.columns:
             raise SchemaError(f"log is missing column {col!r} (expected {_LOG_COLUMNS})")
@@ -396,8 +399,7 @@ def plot_yan(table: pd.DataFrame, path: str | Path, *, max_ads: int = 30) -> Pat
     ImportError
         matplotlib is not installed (``pip install 'bta[plot]'``).
     """
-    check_param("max_ads", max_ads, isinstance(max_ads, (int, np.integer)) and max_ads >= 1,
-                "an integer >= 1")
+    validate_args(_PARAMS, "plot_yan", max_ads=max_ads)
     per_ad = yan_best(table)
     from bta._plot import new_figure
 
