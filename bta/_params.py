@@ -30,6 +30,7 @@ scikit-learn, so a bad value set there is reported by the next ``fit``.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 from collections.abc import Callable, Iterable, Mapping
@@ -53,6 +54,7 @@ __all__ = [
     "describe",
     "make_constraint",
     "validate_args",
+    "validate_fields",
     "validate_params",
 ]
 
@@ -310,6 +312,19 @@ def validate_args(constraints: Mapping[str, list[Any]], owner: str, **values: An
     if missing:
         raise TypeError(f"{owner} checks {missing}, which have no declared constraints")
     validate_params({name: constraints[name] for name in values}, values, owner)
+
+
+def validate_fields(obj: Any) -> None:
+    """:func:`validate_params` for a dataclass: its fields, as they are now, against its class's
+    ``_parameter_constraints`` (call it in ``__post_init__``).
+
+    Raises
+    ------
+    ConfigError
+        As :func:`validate_params`.
+    """
+    values = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+    validate_params(type(obj)._parameter_constraints, values, type(obj).__name__)
 
 
 class ParamsMixin:

@@ -5,10 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 from types import MappingProxyType
-from typing import Any, Iterable, Literal, Mapping
+from numbers import Real
+from typing import Any, ClassVar, Iterable, Literal, Mapping
 
 import numpy as np
 
+from bta._params import InstanceOf, Interval, Options, Predicate, validate_fields, validate_params
 from bta.errors import ConfigError, check_param
 from bta.events import STANDARD_EVENTS, to_millis
 
@@ -68,6 +70,18 @@ class FeatureSpec:
         ``ctr:smoothed``) after the per-category columns.
     """
 
+    # Durations are checked where they are converted (``to_millis``, the same template); the
+    # normalized sequences (windows, events, categories) after their conversion, below.
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        "weights": [InstanceOf(Mapping, desc="a mapping of event name to weight")],
+        "ctr_prior": [Predicate(
+            lambda p: isinstance(p, (tuple, list)) and len(p) == 2
+            and all(_finite(v) and float(v) > 0 for v in p), "a pair (a, b) of positive numbers")],
+        "dtype": [Options(("float64", "float32"))],
+        "exclude_flagged": ["boolean"],
+        "user_features": ["boolean"],
+    }
+
     windows: tuple[Any, ...] = ("1d", "7d", "30d")
     half_life: Any = "7d"
     events: tuple[str, ...] = STANDARD_EVENTS
@@ -83,6 +97,7 @@ class FeatureSpec:
     user_features: bool = True
 
     def __post_init__(self) -> None:
+        validate_fields(self)
         windows = _as_tuple(self.windows, "windows")
         check_param("windows", self.windows, len(windows) > 0, "a non-empty sequence of durations")
         ms = [to_millis(w, "windows") for w in windows]  # to_millis refuses durations <= 0
@@ -98,12 +113,12 @@ class FeatureSpec:
         check_param("events", self.events, len(set(events)) == len(events), "without repeats")
         object.__setattr__(self, "events", events)
 
-        if not isinstance(self.weights, Mapping):
-            raise ConfigError(f"weights must be a mapping of event name to weight, got {self.weights!r}")
         for name, w in self.weights.items():
             if name not in events:
                 raise ConfigError(f"weights names event {name!r}, which is not in events {events}")
-            check_param(f"weights[{name!r}]", w, _finite(w) and float(w) >= 0, "a finite number >= 0")
+            key = f"weights[{name!r}]"
+            validate_params({key: [Interval(Real, 0, None, closed="left")]}, {key: w},
+                            "FeatureSpec")
         object.__setattr__(self, "weights",
                            MappingProxyType({e: float(self.weights.get(e, 1.0)) for e in events}))
 
@@ -122,9 +137,6 @@ class FeatureSpec:
             object.__setattr__(self, "max_session", duration_name(mx))
 
         prior = self.ctr_prior
-        ok = (isinstance(prior, (tuple, list)) and len(prior) == 2
-              and all(_finite(v) and float(v) > 0 for v in prior))
-        check_param("ctr_prior", prior, ok, "a pair (a, b) of positive numbers")
         object.__setattr__(self, "ctr_prior", (float(prior[0]), float(prior[1])))
 
         if self.window_bucket is not None:
@@ -135,11 +147,6 @@ class FeatureSpec:
                     f"window_bucket must divide every window; {duration_name(b)} does not divide "
                     f"{[duration_name(w) for w in bad]}")
             object.__setattr__(self, "window_bucket", duration_name(b))
-        check_param("dtype", self.dtype, self.dtype in ("float64", "float32"),
-                    "'float64' or 'float32'")
-        for name in ("exclude_flagged", "user_features"):
-            check_param(name, getattr(self, name), isinstance(getattr(self, name), bool),
-                        "True or False")
 
     # ---- derived values (milliseconds) -------------------------------------------------------
     @cached_property

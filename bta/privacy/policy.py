@@ -6,7 +6,8 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping
+from numbers import Integral
+from typing import Any, Callable, ClassVar, Iterable, Mapping
 
 import numpy as np
 
@@ -29,7 +30,8 @@ from bta.privacy.consent import (
 )
 from bta.privacy.erasure import ErasureReceipt, erase
 from bta.privacy.gate import UNREADABLE, ConsentSignals, read_consent, read_number
-from bta.errors import ConfigError, SchemaError, check_param
+from bta._params import Boolean, InstanceOf, Interval, Predicate, validate_fields
+from bta.errors import ConfigError, SchemaError
 from bta.ids import canonical_id
 
 __all__ = [
@@ -43,6 +45,27 @@ __all__ = [
 
 # Characters that cannot be part of a bare feature name in rule text or a name pattern.
 _NAME_SPLIT = re.compile(r"[\s`\"'()\[\]{},;<>=!+/*?]+")
+
+
+def _is_collection(value: Any) -> bool:
+    """An iterable that is not a single string (a string is one name, not a list of them)."""
+    return not isinstance(value, (str, bytes)) and isinstance(value, (Iterable, Mapping))
+
+
+_TCF_PURPOSE = Interval(Integral, 1, 24)  # the purposes TCF v2 defines
+
+
+def _is_purposes(value: Any) -> bool:
+    return _is_collection(value) and all(_TCF_PURPOSE.is_satisfied_by(p) for p in value)
+
+
+def _registry(cls: type) -> list[Any]:
+    # "a OptOutRegistry": the wording users' tests already match
+    return [InstanceOf(cls, desc=f"a {cls.__name__}", show_type=True),
+            Predicate(_is_collection, "an iterable of user ids", show_type=True)]
+
+
+_CATEGORY_NAMES = [Predicate(_is_collection, "an iterable of category names", show_type=True)]
 
 
 @dataclass(frozen=True)
@@ -89,6 +112,19 @@ class PrivacyPolicy:
     hold.
     """
 
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        "sensitive_categories": _CATEGORY_NAMES,
+        "allowed_sensitive": _CATEGORY_NAMES,
+        "min_age": [Interval(Integral, 0, 120, desc="an integer age between 0 and 120")],
+        "required_purposes": [Predicate(_is_purposes, "TCF purpose numbers between 1 and 24")],
+        "tcf_vendor_id": [None, Interval(Integral, 1, 65_535,
+                                         desc="a Global Vendor List id between 1 and 65535")],
+        "require_consent_signal": [Boolean(desc="a bool")],
+        "opt_outs": _registry(OptOutRegistry),
+        "minors": _registry(MinorRegistry),
+        "sensitive_opt_ins": _registry(SensitiveOptIns),
+    }
+
     sensitive_categories: frozenset = DEFAULT_SENSITIVE_CATEGORIES
     allowed_sensitive: frozenset = frozenset()
     min_age: int = 16
@@ -100,11 +136,7 @@ class PrivacyPolicy:
     tcf_vendor_id: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("sensitive_categories", "allowed_sensitive"):
-            value = getattr(self, name)
-            if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
-                raise ConfigError(f"{name} must be an iterable of category names, got "
-                                  f"{type(value).__name__}")
+        validate_fields(self)
         sens = frozenset(k for k in map(category_key, self.sensitive_categories) if k)
         allowed = frozenset(k for k in map(category_key, self.allowed_sensitive) if k)
         unknown = sorted(allowed - sens)
@@ -114,33 +146,12 @@ class PrivacyPolicy:
         object.__setattr__(self, "sensitive_categories", sens)
         object.__setattr__(self, "allowed_sensitive", allowed)
         object.__setattr__(self, "_blocked", tuple(sorted(sens - allowed)))
-        check_param("min_age", self.min_age,
-                    isinstance(self.min_age, (int, np.integer)) and
-                    not isinstance(self.min_age, bool) and 0 <= self.min_age <= 120,
-                    "an integer age between 0 and 120")
-        check_param("required_purposes", self.required_purposes,
-                    not isinstance(self.required_purposes, (str, bytes))
-                    and isinstance(self.required_purposes, Iterable)
-                    and all(isinstance(p, (int, np.integer)) and not isinstance(p, bool)
-                            and 1 <= p <= 24 for p in self.required_purposes),
-                    "TCF purpose numbers between 1 and 24")
         object.__setattr__(self, "required_purposes",
                            frozenset(int(p) for p in self.required_purposes))
-        check_param("tcf_vendor_id", self.tcf_vendor_id, self.tcf_vendor_id is None or (
-            isinstance(self.tcf_vendor_id, (int, np.integer))
-            and not isinstance(self.tcf_vendor_id, bool) and 1 <= self.tcf_vendor_id <= 65_535),
-            "None or a Global Vendor List id between 1 and 65535")
-        check_param("require_consent_signal", self.require_consent_signal,
-                    isinstance(self.require_consent_signal, (bool, np.bool_)), "a bool")
         for name, cls in (("opt_outs", OptOutRegistry), ("minors", MinorRegistry),
                           ("sensitive_opt_ins", SensitiveOptIns)):
-            value = getattr(self, name)
-            if isinstance(value, cls):
-                continue
-            if isinstance(value, (str, bytes)) or not isinstance(value, (Iterable, Mapping)):
-                raise ConfigError(f"{name} must be a {cls.__name__} or an iterable of user "
-                                  f"ids, got {type(value).__name__}")
-            object.__setattr__(self, name, cls(value))
+            if not isinstance(getattr(self, name), cls):
+                object.__setattr__(self, name, cls(getattr(self, name)))
 
     # ---- profiling ------------------------------------------------------------------------------
     def is_blocked_category(self, category: Any) -> bool:
