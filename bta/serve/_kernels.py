@@ -557,7 +557,7 @@ def replay(mode, reason, ts, ucode, ctx, prow, rid_data, rid_off, pre_choose, pr
     them). IN, per profile row: ``hits`` (rule hits), ``ctr`` (scorer click probabilities).
     IN, per campaign: the flight, budget, targeting and price arrays, ``caps``
     (:class:`CapTable`); ``pol``/``pol_param``: policy kind and parameter for [targeted,
-    untargeted] choices. IN and OUT, updated as :meth:`Engine._record` would: ``spend``, the
+    untargeted] choices. IN and OUT, updated as :meth:`Delivery.record` would: ``spend``, the
     users' lists (``head``, ``tail``, ``hist``: :class:`HistoryLists`; ``ev_lab`` the
     (campaign, creative) label of each impression, ``n_ev[0]`` the entries used) and the
     history's horizon (``horizon[0]``; ``now_ms`` the wall clock it never passes). OUT:

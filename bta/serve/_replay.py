@@ -27,7 +27,7 @@ from bta.serve._request import (
     _now_ms, _parse, _request_id_ok, _safe_request_id, _user_key, request_profile,
 )
 from bta.serve.engine import (
-    _PRICING, _SWEEP, REASONS, Engine, _segments_for, _Snapshot,
+    _PRICING, _SWEEP, REASONS, Engine, _segments_for, _Snapshot, ctx_mask,
 )
 from bta.schema import decision_columns_frame, decisions_frame
 from bta.serve.store import Profile, ProfileBlock
@@ -41,7 +41,7 @@ _SCORE_BLOCK = 4_096  # rows per scorer call: bounds the dense feature block's m
 
 def decide_batch(engine: Engine, requests: Any, chunk: int) -> pd.DataFrame:
     """The decisions of :meth:`Engine.decide_batch` (``chunk`` already validated)."""
-    snap = engine._snap  # one configuration for the whole replay
+    snap = engine.snapshot  # one configuration for the whole replay
     if min(snap.pol_kind) < 0:
         # a policy of the caller's own: only its Python choose() knows what it does
         it = requests.to_dict("records") if isinstance(requests, pd.DataFrame) else requests
@@ -370,7 +370,7 @@ def _run_chunk(engine: Engine, snap: _Snapshot, plan: _Plan, table: "_ProfileTab
     # context table and hashes of the request ids
     n_c = len(snap.campaigns)
     if snap.has_context:
-        ctx_ok = np.array([engine._ctx_mask(snap, k) for k in cols.ctx_keys], dtype=bool)
+        ctx_ok = np.array([ctx_mask(snap, k) for k in cols.ctx_keys], dtype=bool)
     else:
         ctx_ok = np.ones((len(cols.ctx_keys), n_c), dtype=bool)
     rid_data, rid_off = _utf8(cols.rid)
@@ -382,9 +382,9 @@ def _run_chunk(engine: Engine, snap: _Snapshot, plan: _Plan, table: "_ProfileTab
                       record=np.empty(n, dtype=bool))
     count = engine.count_on == "decision"
     horizon = np.zeros(1, dtype=np.int64)
-    with engine._runtime_lock:
+    with engine.delivery.lock:
         hist.begin(cols, n)
-        horizon[0] = engine._history.horizon
+        horizon[0] = engine.delivery.history.horizon
         K.replay(mode, reason, cols.ts, hist.ucode, cols.ctx, prow, rid_data, rid_off,
                  _bytes(f"{snap.version}:choose:"), _bytes(f"{snap.version}:creative:"),
                  np.int64(plan.n_house), ctx_ok,
@@ -393,11 +393,11 @@ def _run_chunk(engine: Engine, snap: _Snapshot, plan: _Plan, table: "_ProfileTab
                  snap.ecpm_base, snap.ecpm_per_ctr, plan.is_cpm, snap.bid, snap.caps,
                  plan.any_budget, plan.any_caps, np.int64(snap.max_cap_window), plan.pol,
                  plan.pol_param, count, _TO_NO_FILL, np.int64(_REASON_CODE["fallback:no_eligible"]),
-                 np.int64(_REASON_CODE["fallback:no_fill"]), engine._spend_arr, hist.head,
+                 np.int64(_REASON_CODE["fallback:no_fill"]), engine.delivery.spend_arr, hist.head,
                  hist.tail, hist.lists(), hist.ev_lab, hist.n_ev, horizon, np.int64(_now_ms()),
                  out)
         if count and plan.any_caps:
-            engine._history.horizon = int(horizon[0])
+            engine.delivery.history.horizon = int(horizon[0])
             hist.write_back(out.record & (out.camp >= 0)
                             & snap.has_caps[np.maximum(out.camp, 0)] & (hist.ucode >= 0))
     o_camp, o_k, o_targeted, o_prop, o_nel, o_score, o_reason, o_price, o_record = out
@@ -409,10 +409,10 @@ def _run_chunk(engine: Engine, snap: _Snapshot, plan: _Plan, table: "_ProfileTab
     o_score[house] = snap.house_score
     o_price[house] = snap.house_price
     if not count:
-        rec = np.flatnonzero(o_record & ~house)[-engine.max_pending:]
+        rec = np.flatnonzero(o_record & ~house)[-engine.delivery.max_pending:]
         for i in rec.tolist():
             c = snap.campaigns[o_camp[i]]
-            engine._hold(cols.rid[i], ukeys[i], int(cols.ts[i]), c, plan.creative_ids[cre[i]],
+            engine.delivery.hold(cols.rid[i], ukeys[i], int(cols.ts[i]), c, plan.creative_ids[cre[i]],
                          float(o_price[i]), snap.max_cap_window)
     text = (cols.rid,
             _take(arm_names, arm), _take(plan.creative_ids, cre),
@@ -622,7 +622,7 @@ class _History:
     Kept across the chunks of a replay: a chunk loads from the engine only the users new to
     the replay, and :meth:`write_back` keeps the engine's history equal to the lists. The
     lists are rebuilt from the engine when something else changed its history between two
-    chunks (a ``decide``, a win notice or an erasure moved ``engine._history_version``), when
+    chunks (a ``decide``, a win notice or an erasure moved ``engine.delivery.version``), when
     the engine's size bound forgot a user at a write-back, and when they outgrow their bounds
     (entries of impressions past the horizon stay in the arrays until then; the kernel never
     counts them). Users are the canonical ids of the requests (``_Columns.ukey``)."""
@@ -656,7 +656,7 @@ class _History:
         ok = np.flatnonzero(~cols.bad)
         if not (len(ok) and plan.any_caps):  # without caps no history is read or written
             return
-        if (self.version != engine._history_version
+        if (self.version != engine.delivery.version
                 or int(self.n_ev[0]) + n + 1 > max(_HISTORY_MAX_EVENTS, 2 * n)
                 or len(self.users) + n > max(_HISTORY_MAX_USERS, 2 * n)):
             self._reset()
@@ -676,7 +676,7 @@ class _History:
         else:
             self._room(n)
         ucode[ok] = ucodes[codes]
-        self.version = engine._history_version
+        self.version = engine.delivery.version
 
     def lists(self) -> K.HistoryLists:
         """The lists' arrays as the kernels read them (the arrays themselves: written in
@@ -695,7 +695,7 @@ class _History:
         """Append the engine's history of ``users`` (codes from ``first`` on), with room for
         ``n`` more entries."""
         old = []
-        history = self.engine._history
+        history = self.engine.delivery.history
         held = history.users
         if held:
             if len(held) < len(users):  # look the (few) users with a history up
@@ -748,7 +748,7 @@ class _History:
         in the order of their last impression (as a loop of ``decide`` leaves it), then apply
         the history's bounds; called holding the engine's runtime lock."""
         engine = self.engine
-        history = engine._history
+        history = engine.delivery.history
         codes = self.ucode[appended]
         if not codes.size:
             return
@@ -773,8 +773,8 @@ class _History:
         forgot = history.sweep(_SWEEP * int(codes.size))
         # the lists are the engine's history again: the next chunk keeps them, unless the
         # size bound forgot users they still hold
-        engine._history_version += 1
-        self.version = None if forgot else engine._history_version
+        engine.delivery.version += 1
+        self.version = None if forgot else engine.delivery.version
 
 
 def _codes(codes: dict, items: list) -> np.ndarray:

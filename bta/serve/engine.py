@@ -351,6 +351,107 @@ class _CapHistory:
 _monotonic = time.monotonic
 
 
+class Delivery:
+    """An Engine's delivery state, in one object with one representation: spend per campaign
+    (one array, a slot per campaign id that survives swaps), the frequency-cap history
+    (:class:`_CapHistory`) and the decisions pending a win notice (``count_on="win"``).
+
+    Its interface is what ``decide``, the replay and the win notices use, and what a shared
+    (fleet) implementation must provide:
+
+    - ``slots(campaign_ids)``: each campaign's slot in ``spend_arr`` (new ids get one);
+    - ``record(ukey, ts, campaign, creative_id, price, max_window)``: count an impression;
+    - ``hold(request_id, ...)`` / ``take(request_id)`` / ``drop(request_id)``: a decision
+      pending its win notice, the win, the loss; ``n_pending``, ``n_expired``;
+    - ``spend()``, ``erase(ukey)``;
+    - for a replay's sequential pass: ``lock`` (held while it reads and writes), ``spend_arr``,
+      ``history`` and ``version`` (bumped under ``lock`` at every change of the history, so
+      a replay keeps its copy across chunks only while no one else changed it).
+    """
+
+    def __init__(self, max_history_entries: int, pending_ttl_s: float, max_pending: int):
+        self.lock = threading.Lock()
+        self.slot: dict[str, int] = {}
+        self.spend_arr = np.zeros(0, dtype=np.float64)
+        self.history = _CapHistory(int(max_history_entries))
+        self.version = 0
+        self.pending_ttl_s = float(pending_ttl_s)
+        self.max_pending = int(max_pending)
+        # request id -> (deadline, user key, ts, campaign, creative id, price, max cap window);
+        # insertion order is deadline order (one TTL), so expiry pops from the front
+        self._pending: OrderedDict[str, tuple] = OrderedDict()
+        self._pending_lock = threading.Lock()
+        self.n_expired = 0
+
+    def slots(self, campaign_ids: Sequence[str]) -> np.ndarray:
+        with self.lock:
+            for cid in campaign_ids:
+                self.slot.setdefault(cid, len(self.slot))
+            if self.spend_arr.shape[0] < len(self.slot):
+                grown = np.zeros(len(self.slot), dtype=np.float64)
+                grown[: self.spend_arr.shape[0]] = self.spend_arr
+                self.spend_arr = grown
+        return np.array([self.slot[c] for c in campaign_ids], dtype=np.int64)
+
+    def record(self, ukey, ts, campaign, creative_id, price, max_window) -> None:
+        with self.lock:
+            self.spend_arr[self.slot[campaign.id]] += price / 1000.0
+            if max_window and ukey is not None and campaign.caps:
+                self.history.record(ukey, (ts, campaign.id, creative_id), max_window,
+                                    _now_ms())
+                self.version += 1
+
+    def spend(self) -> dict[str, float]:
+        with self.lock:
+            return {cid: float(self.spend_arr[i]) for cid, i in self.slot.items()
+                    if self.spend_arr[i] != 0.0}
+
+    def erase(self, key: str) -> None:
+        with self.lock:
+            self.history.pop(key)
+            self.version += 1
+        with self._pending_lock:
+            gone = [rid for rid, entry in self._pending.items() if entry[1] == key]
+            for rid in gone:
+                del self._pending[rid]
+
+    def hold(self, request_id, ukey, ts, campaign, creative_id, price, max_window) -> None:
+        with self._pending_lock:
+            self._expire_locked()
+            self._pending.pop(request_id, None)  # a repeated id: the latest decision counts
+            self._pending[request_id] = (_monotonic() + self.pending_ttl_s, ukey, ts,
+                                         campaign, creative_id, price, max_window)
+            while len(self._pending) > self.max_pending:
+                self._pending.popitem(last=False)
+                self.n_expired += 1
+
+    def take(self, request_id: Any) -> tuple | None:
+        """The pending decision of ``request_id`` (removed), or None."""
+        with self._pending_lock:
+            self._expire_locked()
+            return self._pending.pop(request_id, None) if isinstance(request_id, str) else None
+
+    def drop(self, request_id: Any) -> bool:
+        return self.take(request_id) is not None
+
+    @property
+    def n_pending(self) -> int:
+        with self._pending_lock:
+            self._expire_locked()
+            return len(self._pending)
+
+    def _expire_locked(self) -> None:
+        now = _monotonic()
+        pending = self._pending
+        while pending:
+            rid = next(iter(pending))
+            if pending[rid][0] > now:
+                break
+            del pending[rid]
+            self.n_expired += 1
+
+
+
 class Engine:
     """Chooses a creative per ad request; see the module docstring for the steps.
 
@@ -426,23 +527,8 @@ class Engine:
         self.store = store
         self.time_budget_s = float(time_budget_ms) / 1000.0
         self.count_on = count_on
-        self.pending_ttl_s = float(pending_ttl_s)
-        self.max_pending = int(max_pending)
-        # request id -> (deadline, user key, ts, campaign, creative id, price, max cap window);
-        # insertion order is deadline order (one TTL), so expiry pops from the front
-        self._pending: OrderedDict[str, tuple] = OrderedDict()
-        self._pending_lock = threading.Lock()
-        self._n_expired = 0
-        self._runtime_lock = threading.Lock()
         self._tls = threading.local()  # per thread: work arrays of the request path
-        # spend per campaign lives in one array indexed by a slot per campaign id that
-        # survives swaps; a snapshot maps its campaigns to slots (slot_of)
-        self._slot: dict[str, int] = {}
-        self._spend_arr = np.zeros(0, dtype=np.float64)
-        self._history = _CapHistory(int(max_history_entries))
-        # bumped (under _runtime_lock) at every change of _history: a replay keeps its copy
-        # of the history across chunks only while no one else changed it
-        self._history_version = 0
+        self.delivery = Delivery(int(max_history_entries), pending_ttl_s, max_pending)
         self._snap = self._build(campaigns, fallback, scorers or {}, experiment or Experiment(),
                                  policy or Greedy(), untargeted_policy or Uniform(),
                                  privacy or PrivacyPolicy(), version)
@@ -459,6 +545,11 @@ class Engine:
     @property
     def campaigns(self) -> tuple[Campaign, ...]:
         return self._snap.campaigns
+
+    @property
+    def snapshot(self) -> _Snapshot:
+        """The configuration now in force: one immutable object (see :meth:`swap`)."""
+        return self._snap
 
     @property
     def fallback(self) -> Campaign:
@@ -583,14 +674,7 @@ class Engine:
                                       f"scorers {list(scorer_names)}")
                 scorer_of[i] = scorer_names.index(c.model)
         caps_w = [cap.window_ms for c in campaigns for cap in c.caps]
-        with self._runtime_lock:
-            for c in campaigns:  # the house ad is free and never spends
-                self._slot.setdefault(c.id, len(self._slot))
-            if self._spend_arr.shape[0] < len(self._slot):
-                grown = np.zeros(len(self._slot), dtype=np.float64)
-                grown[: self._spend_arr.shape[0]] = self._spend_arr
-                self._spend_arr = grown
-        slot_of = np.array([self._slot[c.id] for c in campaigns], dtype=np.int64)
+        slot_of = self.delivery.slots([c.id for c in campaigns])  # the house ad never spends
         caps = [cap for c in campaigns for cap in c.caps]
         has_caps = np.array([bool(c.caps) for c in campaigns], dtype=bool)
         cre_off = np.concatenate([[0], np.cumsum([len(c.creatives) for c in campaigns])]
@@ -657,11 +741,11 @@ class Engine:
         except Exception:  # noqa: BLE001 - malformed requests fall back, never raise
             rid = _safe_request_id(request)
             return self._untargeted(snap, None, None, _now_ms(), rid, snap.experiment.control,
-                                    "fallback:bad_request", self._ctx_mask(snap, NO_CONTEXT),
+                                    "fallback:bad_request", ctx_mask(snap, NO_CONTEXT),
                                     record=False)
         arm = snap.experiment.control
         try:
-            mask = self._ctx_mask(snap, ctx)
+            mask = ctx_mask(snap, ctx)
             arm = snap.experiment.assign(user_id)
             if not snap.experiment.is_targeted(arm):
                 return self._untargeted(snap, user_id, ukey, ts, request_id, arm,
@@ -764,9 +848,7 @@ class Engine:
         bool
             Whether a pending decision was found (False: unknown, already notified, expired).
         """
-        with self._pending_lock:
-            self._expire_locked()
-            entry = self._pending.pop(request_id, None) if isinstance(request_id, str) else None
+        entry = self.delivery.take(request_id)
         if entry is None:
             return False
         _deadline, ukey, ts, campaign, creative_id, dec_price, max_window = entry
@@ -782,60 +864,41 @@ class Engine:
                 logging.getLogger("bta").warning(
                     "notify_win(%r): price %r is not a finite number >= 0; charging the "
                     "decision's price %r", request_id, price, dec_price)
-        self._record(ukey, ts, campaign, creative_id, charge, max_window)
+        self.delivery.record(ukey, ts, campaign, creative_id, charge, max_window)
         return True
 
     def notify_loss(self, request_id: str) -> bool:
         """Drop a pending decision whose bid lost; returns whether one was pending."""
-        with self._pending_lock:
-            self._expire_locked()
-            if not isinstance(request_id, str):
-                return False
-            return self._pending.pop(request_id, None) is not None
+        return self.delivery.drop(request_id)
 
     @property
     def n_pending(self) -> int:
         """Decisions waiting for a win or loss notice (after dropping the expired ones)."""
-        with self._pending_lock:
-            self._expire_locked()
-            return len(self._pending)
+        return self.delivery.n_pending
 
     @property
     def n_expired(self) -> int:
         """Pending decisions dropped without a notice (TTL passed, or ``max_pending`` full)."""
-        return self._n_expired
+        return self.delivery.n_expired
 
-    def _hold(self, request_id, ukey, ts, campaign, creative_id, price, max_window) -> None:
-        with self._pending_lock:
-            self._expire_locked()
-            self._pending.pop(request_id, None)  # a repeated id: the latest decision counts
-            self._pending[request_id] = (_monotonic() + self.pending_ttl_s, ukey, ts,
-                                         campaign, creative_id, price, max_window)
-            while len(self._pending) > self.max_pending:
-                self._pending.popitem(last=False)
-                self._n_expired += 1
+    @property
+    def max_pending(self) -> int:
+        return self.delivery.max_pending
 
-    def _expire_locked(self) -> None:
-        now = _monotonic()
-        pending = self._pending
-        while pending:
-            rid = next(iter(pending))
-            if pending[rid][0] > now:
-                break
-            del pending[rid]
-            self._n_expired += 1
+    @property
+    def pending_ttl_s(self) -> float:
+        return self.delivery.pending_ttl_s
+
+    # the delivery state's history, for inspection (tests)
+    @property
+    def _history(self) -> "_CapHistory":
+        return self.delivery.history
+
+    @property
+    def _history_version(self) -> int:
+        return self.delivery.version
 
     # ---- internals -----------------------------------------------------------------------------
-    def _ctx_mask(self, snap: _Snapshot, ctx: tuple) -> np.ndarray | None:
-        """Campaigns whose context targeting the request's context meets (None: all)."""
-        if not snap.has_context:
-            return None
-        mask = snap.ctx_cache.get(ctx)
-        if mask is None:
-            mask = context_mask(snap.contexts, ctx)
-            snap.ctx_cache.put(ctx, mask)
-        return mask
-
     def _capped(self, snap: _Snapshot, work: _Scratch, ukey: str | None,
                 ts: int) -> np.ndarray:
         """Per campaign: whether the user (canonical id ``ukey``) reached one of its frequency
@@ -844,7 +907,7 @@ class Engine:
         work.lists = None
         if not snap.any_caps or ukey is None:
             return _NONE_CAPPED
-        hist = self._history.entries(ukey)  # immutable: another thread may record meanwhile
+        hist = self.delivery.history.entries(ukey)  # immutable: another thread may record meanwhile
         if not hist:
             return _NONE_CAPPED
         n = len(hist)
@@ -856,7 +919,7 @@ class Engine:
             np.fromiter((e[0] for e in hist), dtype=np.int64, count=n),
             np.fromiter((index_of.get(e[1], -1) for e in hist), dtype=np.int64, count=n),
             np.fromiter((cre_code.get(e[2], -1) for e in hist), dtype=np.int64, count=n), nxt)
-        work.horizon = self._history.horizon
+        work.horizon = self.delivery.history.horizon
         capped = np.zeros(len(snap.campaigns), dtype=bool)
         K.capped_one(ts, snap.caps, lists, work.horizon, capped, work.ks)
         return capped
@@ -873,7 +936,7 @@ class Engine:
         """Eligible campaigns into ``work.cand`` (see :func:`K.eligible_one`); how many."""
         return K.eligible_one(ts, path, _NO_MASK if mask is None else mask, capped, snap.start,
                               snap.end, snap.any_budget, snap.budget, snap.pacing_even,
-                              snap.slack, self._spend_arr, snap.slot_of, snap.targeted,
+                              snap.slack, self.delivery.spend_arr, snap.slot_of, snap.targeted,
                               snap.rule_of, work.hits, snap.scorer_of, work.need, work.cand)
 
     def _targeted(self, snap: _Snapshot, profile: Profile, user_id: Any, ukey: str, ts: int,
@@ -960,9 +1023,9 @@ class Engine:
         creative_id = creative_ids[k]
         if record:
             if self.count_on == "decision":
-                self._record(ukey, ts, c, creative_id, price, snap.max_cap_window)
+                self.delivery.record(ukey, ts, c, creative_id, price, snap.max_cap_window)
             else:
-                self._hold(request_id, ukey, ts, c, creative_id, price, snap.max_cap_window)
+                self.delivery.hold(request_id, ukey, ts, c, creative_id, price, snap.max_cap_window)
         return Decision(ts=ts, request_id=request_id, user_id=user_id, arm=arm,
                         creative_id=creative_id, campaign_id=c.id, targeted=path == K.PATH_TARGETED,
                         propensity=float(p) / len(ks), n_eligible=n, score=score, price=price,
@@ -982,19 +1045,9 @@ class Engine:
                         score=snap.house_score, price=snap.house_price,
                         policy_version=snap.version, reason=reason)
 
-    def _record(self, ukey, ts, campaign, creative_id, price, max_window) -> None:
-        with self._runtime_lock:
-            self._spend_arr[self._slot[campaign.id]] += price / 1000.0
-            if max_window and ukey is not None and campaign.caps:
-                self._history.record(ukey, (ts, campaign.id, creative_id), max_window,
-                                     _now_ms())
-                self._history_version += 1
-
     def spend(self) -> dict[str, float]:
         """Spend so far per campaign id (currency); campaigns that have not spent are left out."""
-        with self._runtime_lock:
-            return {cid: float(self._spend_arr[i]) for cid, i in self._slot.items()
-                    if self._spend_arr[i] != 0.0}
+        return self.delivery.spend()
 
     def erase(self, user_id: Any) -> None:
         """Forget the user in this engine: frequency-cap history and decisions pending a win
@@ -1004,13 +1057,7 @@ class Engine:
         key = canonical_id(user_id)
         if key is None:
             return
-        with self._runtime_lock:
-            self._history.pop(key)
-            self._history_version += 1
-        with self._pending_lock:
-            gone = [rid for rid, entry in self._pending.items() if entry[1] == key]
-            for rid in gone:
-                del self._pending[rid]
+        self.delivery.erase(key)
 
     def warmup(self) -> "Engine":
         """Compile every kernel the request path uses (call before serving)."""
@@ -1040,6 +1087,18 @@ class Engine:
                                snap.ecpm_base, snap.ecpm_per_ctr, kind, 0.0, 0.0, work.sc, work.p)
         self.store.warmup()
         return self
+
+
+def ctx_mask(snap: _Snapshot, ctx: tuple) -> np.ndarray | None:
+    """Campaigns whose context targeting the request's context meets (None: all), cached
+    per distinct context in the snapshot (a request and a replay)."""
+    if not snap.has_context:
+        return None
+    mask = snap.ctx_cache.get(ctx)
+    if mask is None:
+        mask = context_mask(snap.contexts, ctx)
+        snap.ctx_cache.put(ctx, mask)
+    return mask
 
 
 def _segments_for(profile: Profile, names: tuple[str, ...]) -> np.ndarray:
