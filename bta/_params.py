@@ -242,7 +242,7 @@ class Predicate(Constraint):
     def is_satisfied_by(self, value: Any) -> bool:
         try:
             return bool(self.test(value))
-        except (TypeError, ValueError, AttributeError):
+        except (TypeError, ValueError, AttributeError, OverflowError):
             return False
 
 

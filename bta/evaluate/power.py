@@ -15,10 +15,12 @@ deviation of its linearization (``std_error * sqrt(n)`` from a previous report's
 from __future__ import annotations
 
 import math
-from typing import Literal
+from numbers import Real
+from typing import Any, Literal
 
 from scipy import optimize, stats
 
+from bta._params import Interval, Options, Predicate, validate_args, validate_params
 from bta.errors import ConfigError, check_param
 
 __all__ = ["power_proportions", "sample_size_proportions", "mde_proportions", "power_means",
@@ -31,21 +33,27 @@ _MAX_N = 1e12
 _MAX_D = 1e3
 
 
+_FINITE = Interval(Real, None, None, closed="neither")
+_UNIT = [Interval(Real, 0, 1, closed="neither", desc="in (0, 1)")]
+_POSITIVE = [Interval(Real, 0, None, closed="neither")]
+_PARAMS: dict[str, list[Any]] = {
+    "alpha": _UNIT, "power": _UNIT, "p_baseline": _UNIT, "p_treatment": _UNIT,
+    "ratio": _POSITIVE, "sd": _POSITIVE,
+    "alternative": [Options(("two-sided", "larger", "smaller"))],
+    "mde": [Predicate(lambda v: _FINITE.is_satisfied_by(v) and v != 0, "a non-zero number")],
+    "n": [Interval(Real, 0, None, closed="neither", desc="a positive number of users")],
+}
+
+
 def _check(alpha: float, power: float | None, ratio: float, alternative: str) -> None:
-    check_param("alpha", alpha, _in01(alpha), "in (0, 1)")
-    if power is not None:
-        check_param("power", power, _in01(power), "in (0, 1)")
-    check_param("ratio", ratio, _num(ratio) and ratio > 0, "a positive number")
-    check_param("alternative", alternative, alternative in ("two-sided", "larger", "smaller"),
-                "'two-sided', 'larger' or 'smaller'")
+    validate_args(_PARAMS, "power", alpha=alpha, **({} if power is None else {"power": power}),
+                  ratio=ratio, alternative=alternative)
 
 
-def _num(x: object) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _in01(x: object) -> bool:
-    return _num(x) and 0 < x < 1
+def _check_t_users(n: float, ratio: float) -> None:
+    """The t-test's ``n``: at least one degree of freedom, ``n (1 + ratio) >= 3``."""
+    validate_params({"n": [Interval(Real, 3 / (1 + ratio), None, closed="left",
+                                    desc="at least 3 / (1 + ratio) users")]}, {"n": n}, "power")
 
 
 def _nobs(n: float, ratio: float) -> float:
@@ -137,9 +145,8 @@ def power_proportions(p_baseline: float, p_treatment: float, n: float, *, alpha:
     0.8
     """
     _check(alpha, None, ratio, alternative)
-    for nm, p in (("p_baseline", p_baseline), ("p_treatment", p_treatment)):
-        check_param(nm, p, _in01(p), "in (0, 1)")
-    check_param("n", n, _num(n) and n > 0, "a positive number of users")
+    validate_args(_PARAMS, "power_proportions", p_baseline=p_baseline, p_treatment=p_treatment,
+                  n=n)
     return _normal_power(_h(p_baseline, p_treatment), n, alpha, ratio, alternative)
 
 
@@ -152,8 +159,7 @@ def sample_size_proportions(p_baseline: float, mde: float, *, relative: bool = F
     when ``relative=True``.
     """
     _check(alpha, power, ratio, alternative)
-    check_param("p_baseline", p_baseline, _in01(p_baseline), "in (0, 1)")
-    check_param("mde", mde, _num(mde) and mde != 0, "a non-zero number")
+    validate_args(_PARAMS, "sample_size_proportions", p_baseline=p_baseline, mde=mde)
     p_t = p_baseline * (1 + mde) if relative else p_baseline + mde
     check_param("mde", mde, 0 < p_t < 1, f"such that the treatment proportion is in (0, 1) "
                 f"(it is {p_t!r})")
@@ -170,8 +176,7 @@ def mde_proportions(p_baseline: float, n: float, *, relative: bool = False, alph
     ``alternative="smaller"``); NaN when no proportion in (0, 1) is far enough.
     """
     _check(alpha, power, ratio, alternative)
-    check_param("p_baseline", p_baseline, _in01(p_baseline), "in (0, 1)")
-    check_param("n", n, _num(n) and n > 0, "a positive number of users")
+    validate_args(_PARAMS, "mde_proportions", p_baseline=p_baseline, n=n)
     s = _sign(alternative)
     h = _solve_d(lambda d: _normal_power(s * d, n, alpha, ratio, alternative), power)
     a = math.asin(math.sqrt(p_baseline)) + s * h / 2
@@ -185,9 +190,9 @@ def power_means(mde: float, sd: float, n: float, *, alpha: float = 0.05, ratio: 
                 alternative: Alternative = "two-sided") -> float:
     """Power of the two-sample t-test for a difference ``mde`` of means with per-user ``sd``."""
     _check(alpha, None, ratio, alternative)
-    check_param("sd", sd, _num(sd) and sd > 0, "a positive number")
-    check_param("mde", mde, _num(mde), "a finite number")
-    check_param("n", n, _num(n) and n * (1 + ratio) >= 3, "at least 3 / (1 + ratio) users")
+    validate_args(_PARAMS, "power_means", sd=sd)
+    validate_params({"mde": [_FINITE]}, {"mde": mde}, "power_means")
+    _check_t_users(n, ratio)
     return _t_power(mde / sd, n, alpha, ratio, alternative)
 
 
@@ -201,8 +206,7 @@ def sample_size_means(mde: float, sd: float, *, alpha: float = 0.05, power: floa
     6280.0
     """
     _check(alpha, power, ratio, alternative)
-    check_param("sd", sd, _num(sd) and sd > 0, "a positive number")
-    check_param("mde", mde, _num(mde) and mde != 0, "a non-zero number")
+    validate_args(_PARAMS, "sample_size_means", sd=sd, mde=mde)
     d = mde / sd
     # at least one degree of freedom: below it the noncentral t tails make power meaningless
     lo = 3.0 / (1 + ratio)
@@ -213,8 +217,8 @@ def mde_means(sd: float, n: float, *, alpha: float = 0.05, power: float = 0.8,
               ratio: float = 1.0, alternative: Alternative = "two-sided") -> float:
     """Smallest difference of means detectable with ``power`` given ``n`` control users."""
     _check(alpha, power, ratio, alternative)
-    check_param("sd", sd, _num(sd) and sd > 0, "a positive number")
-    check_param("n", n, _num(n) and n * (1 + ratio) >= 3, "at least 3 / (1 + ratio) users")
+    validate_args(_PARAMS, "mde_means", sd=sd)
+    _check_t_users(n, ratio)
     s = _sign(alternative)
     d = _solve_d(lambda d: _t_power(s * d, n, alpha, ratio, alternative), power)
     return s * d * sd

@@ -4,10 +4,12 @@ numba kernels, on dense rows, CSR matrices and the sparse profile vectors of the
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal, Sequence
 
 import numpy as np
 
+from bta._params import Options, Predicate, validate_args
 from bta.errors import ConfigError, SchemaError, check_param
 from bta.scoring import _kernels as K
 
@@ -15,6 +17,11 @@ __all__ = ["LinearScorer", "Link"]
 
 Link = Literal["logistic", "poisson", "identity"]
 _LINKS = {"logistic": K.LINK_SIGMOID, "poisson": K.LINK_EXP, "identity": K.LINK_IDENTITY}
+_PARAMS: dict[str, list[Any]] = {
+    # anything float() reads (a NumPy scalar, a 1-element array), as the kernel takes a float
+    "intercept": [Predicate(lambda v: math.isfinite(float(v)), "a finite number")],
+    "link": [Options(tuple(_LINKS), desc=f"one of {tuple(_LINKS)}")],
+}
 
 
 def _row_array(a: Any, dtype: Any, what: str) -> np.ndarray:
@@ -79,12 +86,8 @@ class LinearScorer:
         if not np.all(np.isfinite(c)):
             bad = int(np.flatnonzero(~np.isfinite(c))[0])
             raise ConfigError(f"coef must be finite numbers, got {c[bad]} at index {bad}")
-        try:
-            b = float(intercept)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"intercept must be a number, got {intercept!r}") from exc
-        check_param("intercept", intercept, np.isfinite(b), "a finite number")
-        check_param("link", link, link in _LINKS, f"one of {tuple(_LINKS)}")
+        validate_args(_PARAMS, "LinearScorer", intercept=intercept, link=link)
+        b = float(intercept)
         names = None if feature_names is None else tuple(str(f) for f in feature_names)
         if names is not None and len(names) != c.size:
             raise ConfigError(f"feature_names must have {c.size} names (one per coefficient), "
