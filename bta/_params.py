@@ -204,6 +204,12 @@ class Options(Constraint):
         super().__init__(desc=desc, show_type=show_type)
         self.options = tuple(options)  # declaration order is the order of the message
 
+    @classmethod
+    def one_of(cls, options: Iterable[Any]) -> "Options":
+        """Options described as ``"one of ('a', 'b')"`` (for longer lists of choices)."""
+        options = tuple(options)
+        return cls(options, desc=f"one of {options}")
+
     def is_satisfied_by(self, value: Any) -> bool:
         try:
             return any(type(value) is type(o) and value == o for o in self.options)

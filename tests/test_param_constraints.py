@@ -34,6 +34,8 @@ from bta._params import (
     validate_params,
 )
 from bta.errors import ConfigError, check_param
+from bta.evaluate.ope import OPEResult
+from bta.evaluate.uplift import UpliftCurve
 from bta.features.spec import FeatureSpec
 from bta.privacy.policy import PrivacyPolicy
 from bta.segment.clusters import InterestClusters
@@ -47,6 +49,11 @@ DECLARING: list[tuple[type, dict[str, Any]]] = [
     (Lookalike, {"seed_users": ["u1", "u2"]}),
     (FeatureSpec, {}),
     (PrivacyPolicy, {}),
+    (OPEResult, dict(estimator="ipw", estimate=0.1, std_error=0.01, ci_low=0.08, ci_high=0.12,
+                     alpha=0.05, ci_method="normal", n=10, ess=9.0, max_weight=2.0,
+                     mean_weight=1.0, unsupported_share=0.0)),
+    (UpliftCurve, dict(kind="uplift", n_targeted=np.array([0, 1, 2]),
+                       value=np.array([0.0, 0.5, 1.0]), n_treated=1, n_control=1)),
 ]
 # estimators store parameters unchanged; configs (frozen dataclasses) store them normalized
 ESTIMATORS = (InterestClusters, PropensityModel, Lookalike)

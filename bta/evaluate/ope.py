@@ -41,11 +41,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from statistics import NormalDist
-from typing import Any, Literal
+from numbers import Integral, Real
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from bta.errors import ConfigError, SchemaError, check_param
+from bta._params import Interval, Options, validate_args, validate_fields, validate_params
+from bta.errors import ConfigError, SchemaError
 
 __all__ = [
     "OPEResult",
@@ -66,6 +68,14 @@ ESTIMATORS: tuple[str, ...] = Estimator.__args__  # type: ignore[attr-defined]
 #: ``no_overlap``: every weight is 0, so the self-normalized estimate is 0/0 (NaN).
 STATUSES: tuple[str, ...] = Status.__args__  # type: ignore[attr-defined]
 _CI_METHODS: tuple[str, ...] = CIMethod.__args__  # type: ignore[attr-defined]
+_ALPHA = Interval(Real, 0, 1, closed="neither", desc="in (0, 1)")
+_PARAMS: dict[str, list[Any]] = {
+    "alpha": [_ALPHA],
+    "ci": [Options.one_of(_CI_METHODS)],
+    # fewer replicates leave two or three values in each 2.5% tail
+    "n_bootstrap": [Interval(Integral, 100, None, closed="left")],
+    "clip": [Interval(Real, 0, None, closed="neither")],
+}
 # Bootstrap replicates are drawn this many row indices at a time, so that memory stays around
 # 64 MB whatever n and n_bootstrap are.
 _BOOTSTRAP_CHUNK = 1 << 23
@@ -119,15 +129,16 @@ class OPEResult:
     unsupported_share: float
     status: Status = "ok"
 
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        "estimator": [Options.one_of(ESTIMATORS)],
+        "ci_method": [Options.one_of(_CI_METHODS)],
+        "status": [Options.one_of(STATUSES)],
+        "n": [Interval(Integral, 1, None, closed="left")],
+        "alpha": [_ALPHA],
+    }
+
     def __post_init__(self) -> None:
-        check_param("estimator", self.estimator, self.estimator in ESTIMATORS,
-                    f"one of {ESTIMATORS}")
-        check_param("ci_method", self.ci_method, self.ci_method in _CI_METHODS,
-                    f"one of {_CI_METHODS}")
-        check_param("status", self.status, self.status in STATUSES, f"one of {STATUSES}")
-        check_param("n", self.n, isinstance(self.n, (int, np.integer)) and self.n >= 1,
-                    "an integer >= 1")
-        _check_alpha(self.alpha)
+        validate_fields(self)
 
 
 # -- estimators ---------------------------------------------------------------------------------
@@ -215,7 +226,7 @@ def clipped_ipw(reward: Any, pscore: Any, target_prob: Any, clip: float, *,
 
         V_cIPW = (1/n) sum_i min(w_i, lambda) r_i
     """
-    check_param("clip", clip, _is_number(clip) and clip > 0, "a positive number")
+    validate_args(_PARAMS, "clipped_ipw", clip=clip)
     return ipw(reward, pscore, target_prob, clip=clip, alpha=alpha, ci=ci,
                n_bootstrap=n_bootstrap, random_state=random_state)
 
@@ -367,14 +378,9 @@ def _result(name: str, num: np.ndarray, den: np.ndarray | None, w: np.ndarray | 
             t: np.ndarray | None, alpha: float, ci: str, n_bootstrap: int,
             random_state: Any) -> OPEResult:
     """Estimate ``sum num / sum den`` (``den`` None: the mean of ``num``) with interval."""
-    _check_alpha(alpha)
-    check_param("ci", ci, ci in _CI_METHODS, f"one of {_CI_METHODS}")
+    validate_args(_PARAMS, name, alpha=alpha, ci=ci)
     if ci == "bootstrap":
-        check_param("n_bootstrap", n_bootstrap,
-                    isinstance(n_bootstrap, (int, np.integer)) and not isinstance(
-                        n_bootstrap, bool) and n_bootstrap >= 100,
-                    # fewer replicates leave two or three values in each 2.5% tail
-                    "an integer >= 100")
+        validate_args(_PARAMS, name, n_bootstrap=n_bootstrap)
     n = num.shape[0]
     status = "ok"
     if den is None:
@@ -432,8 +438,7 @@ def _bootstrap(num: np.ndarray, den: np.ndarray | None, alpha: float, n_boot: in
 
 
 def _weights(p: np.ndarray, t: np.ndarray, clip: float | None) -> np.ndarray:
-    if clip is not None:
-        check_param("clip", clip, _is_number(clip) and clip > 0, "a positive number or None")
+    validate_params({"clip": [*_PARAMS["clip"], None]}, {"clip": clip}, "ipw")
     w = t / p
     return w if clip is None else np.minimum(w, float(clip))
 
@@ -499,12 +504,3 @@ def _check_range(name: str, arr: np.ndarray, ok: np.ndarray, expected: str) -> N
         i = int(np.argmax(bad))
         raise SchemaError(f"{name} must be {expected}, got {float(arr[i])!r} at row {i} "
                           f"({_rows(int(bad.sum()))} out of range)")
-
-
-def _check_alpha(alpha: Any) -> None:
-    check_param("alpha", alpha, _is_number(alpha) and 0 < alpha < 1, "in (0, 1)")
-
-
-def _is_number(x: Any) -> bool:
-    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool) \
-        and bool(np.isfinite(x))

@@ -39,11 +39,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from numbers import Real
+from typing import Any, ClassVar, Literal, Mapping
 
 import numpy as np
 
-from bta.errors import ConfigError, SchemaError, check_param
+from bta._params import Boolean, Interval, Options, validate_args, validate_fields
+from bta.errors import ConfigError, SchemaError
 from bta.evaluate.ope import _as_float_1d, _check_finite, _check_length, _check_range
 
 __all__ = [
@@ -58,6 +60,11 @@ __all__ = [
 
 CurveKind = Literal["uplift", "qini"]
 _KINDS: tuple[str, ...] = CurveKind.__args__  # type: ignore[attr-defined]
+_PARAMS: dict[str, list[Any]] = {
+    "continuous": [Boolean(desc="a bool")],
+    "tie_tol": [Interval(Real, 0, None, closed="left", desc="a non-negative number")],
+    "propensity": [Interval(Real, 0, 1, closed="neither", desc="in (0, 1)")],  # one for all rows
+}
 #: Scores closer than this are one tie. Recomputing the same float64 score by another path
 #: (summation order, float32 storage widened) moves it by far less; scores that differ in any
 #: sense a ranking should respect differ by far more.
@@ -88,8 +95,10 @@ class UpliftCurve:
     n_control: int
     n_one_sided: int = 0
 
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {"kind": [Options.one_of(_KINDS)]}
+
     def __post_init__(self) -> None:
-        check_param("kind", self.kind, self.kind in _KINDS, f"one of {_KINDS}")
+        validate_fields(self)
         k = np.asarray(self.n_targeted, dtype=np.int64)
         v = np.asarray(self.value, dtype=np.float64)
         if k.ndim != 1 or k.shape != v.shape or k.shape[0] < 2:
@@ -301,10 +310,7 @@ def plot_uplift(curves: UpliftCurve | Mapping[str, UpliftCurve], path: str | Pat
 
 def _curve(kind: str, score: Any, treated: Any, outcome: Any, propensity: Any,
            continuous: bool, tie_tol: float) -> UpliftCurve:
-    check_param("continuous", continuous, isinstance(continuous, (bool, np.bool_)), "a bool")
-    check_param("tie_tol", tie_tol, isinstance(tie_tol, (int, float, np.integer, np.floating))
-                and not isinstance(tie_tol, bool) and bool(np.isfinite(tie_tol)) and tie_tol >= 0,
-                "a non-negative number")
+    validate_args(_PARAMS, kind, continuous=continuous, tie_tol=tie_tol)
     s, t, y, w = _check_inputs(score, treated, outcome, propensity, continuous)
     n = s.shape[0]
     # Sorting on every column (score descending first) makes the sorted arrays, and so every
@@ -351,9 +357,7 @@ def _check_inputs(score: Any, treated: Any, outcome: Any, propensity: Any,
     if propensity is None:
         return s, t, y, np.ones(n)
     if np.ndim(propensity) == 0:
-        ok = isinstance(propensity, (int, float, np.integer, np.floating)) and not isinstance(
-            propensity, bool) and 0 < propensity < 1
-        check_param("propensity", propensity, ok, "in (0, 1)")
+        validate_args(_PARAMS, "uplift", propensity=propensity)
         # a constant share cancels from the weighted means (module notes)
         return s, t, y, np.ones(n)
     e = _as_float_1d("propensity", propensity)

@@ -29,12 +29,14 @@ from __future__ import annotations
 
 import json
 import os
+from numbers import Integral
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numba
 import numpy as np
 
+from bta._params import Interval, validate_args
 from bta.errors import ConfigError, SchemaError
 from bta.scoring import _kernels as K
 
@@ -68,6 +70,11 @@ _ARRAYS = {"split_feature": np.int32, "threshold": np.float64, "decision_type": 
 # Above this many rows the parallel kernel pays for its thread start-up (about 10 us).
 _PARALLEL_MIN_ROWS = 2048
 _F64 = np.dtype(np.float64)
+# the constructor's counts, checked once converted with int() (a model file's fields are text)
+_PARAMS: dict[str, list[Any]] = {
+    "n_features": [Interval(Integral, 1, None, closed="left", desc="a positive integer")],
+    "best_iteration": [Interval(Integral, 0, None, closed="left", desc=">= 0")],
+}
 
 
 def _parse_objective(objective: str) -> tuple[str, int, float]:
@@ -478,8 +485,7 @@ class TreeScorer:
                 raise ConfigError(f"{name} must fit in {np.dtype(dtype).name}")
             arrays[name] = np.array(arr, dtype=dtype)  # a copy: the scorer owns its arrays
         n_features = int(n_features)
-        if n_features < 1:
-            raise ConfigError(f"n_features must be a positive integer, got {n_features!r}")
+        validate_args(_PARAMS, "TreeScorer", n_features=n_features)
         n_classes = int(n_classes)
         n_trees = arrays["tree_root"].shape[0]
         if n_trees == 0:
@@ -501,8 +507,7 @@ class TreeScorer:
             raise ConfigError(f"feature_names must have {n_features} names (one per feature), "
                               f"got {len(names)}")
         best_iteration = int(best_iteration)
-        if best_iteration < 0:
-            raise ConfigError(f"best_iteration must be >= 0, got {best_iteration}")
+        validate_args(_PARAMS, "TreeScorer", best_iteration=best_iteration)
 
         self._arrays = arrays
         for arr in arrays.values():
