@@ -1,4 +1,5 @@
-"""The request path's compiled steps (``eligible_one``, ``score_choose``, ``scatter_row``) against
+"""The request path's compiled steps (``eligible_one``, ``score_choose``, ``scatter_row``), which
+the replay's kernel runs too, against
 NumPy references written the way the Engine computed them before they were compiled: flight,
 context, budget and even pacing, caps and targeting hits as boolean arrays over all campaigns;
 eCPM as ``base + ctr * per_ctr``; the choice by the policies' own Python ``choose``."""
@@ -35,6 +36,15 @@ def _campaigns(rng: np.random.Generator, n: int, n_rules: int, n_scorers: int) -
         prior=rng.uniform(0.001, 0.05, n), base=np.where(rng.random(n) < 0.5,
                                                          rng.uniform(0.2, 5.0, n), 0.0),
         per_ctr=rng.uniform(0.0, 2000.0, n))
+
+
+def _table(c: dict) -> K.CampaignTable:
+    """The campaigns as the kernels take them."""
+    return K.CampaignTable(
+        start=c["start"], end=c["end"], any_budget=bool(np.isfinite(c["budget"]).any()),
+        budget=c["budget"], even=c["even"], slack=c["slack"], slot=c["slot"],
+        targeted=c["targeted"], rule=c["rule"], scorer=c["scorer"], prior=c["prior"],
+        base=c["base"], per_ctr=c["per_ctr"])
 
 
 def _reference_ok(c: dict, t: int, path: int, ctx_ok, capped, hits) -> np.ndarray:
@@ -81,10 +91,8 @@ def test_eligible_one_equals_the_array_reference(seed, n, path, hour, edge, with
     need = np.ones(n_scorers, dtype=bool)  # the kernel must clear it
     cand = np.full(n, -7, dtype=np.int64)
     got = K.eligible_one(t, path, np.zeros(0, bool) if ctx_ok is None else ctx_ok,
-                         np.zeros(0, bool) if capped is None else capped, c["start"], c["end"],
-                         bool(np.isfinite(c["budget"]).any()), c["budget"], c["even"],
-                         c["slack"], c["spend"], c["slot"], c["targeted"], c["rule"], hits,
-                         c["scorer"], need, cand)
+                         np.zeros(0, bool) if capped is None else capped, _table(c),
+                         c["spend"], hits, need, cand)
     want = np.flatnonzero(_reference_ok(c, t, path, ctx_ok, capped, hits))
     assert got == want.size
     assert np.array_equal(cand[:got], want)
@@ -109,8 +117,8 @@ def test_score_choose_equals_python_scores_and_policy(seed, n, path, policy, u):
     ctr = rng.uniform(0.0, 0.1, 2)
     sc = np.empty(n_c)
     p_buf = np.empty(n_c)
-    i, p = K.score_choose(cand, n, path, c["scorer"], ctr, c["prior"], c["base"], c["per_ctr"],
-                          policy.kind, policy.param, u, sc, p_buf)
+    i, p = K.score_choose(cand, n, path, _table(c), ctr, policy.kind, policy.param, u, sc,
+                          p_buf)
     s = c["scorer"][cand]
     click = c["prior"][cand] if path else np.where(s >= 0, ctr[np.maximum(s, 0)],
                                                    c["prior"][cand])
@@ -120,8 +128,7 @@ def test_score_choose_equals_python_scores_and_policy(seed, n, path, policy, u):
     assert (i, p) == (want_i, want_p)
     # kind -1 only scores (a policy of the caller's own chooses in Python)
     sc2 = np.empty(n_c)
-    assert K.score_choose(cand, n, path, c["scorer"], ctr, c["prior"], c["base"], c["per_ctr"],
-                          -1, 0.0, u, sc2, p_buf) == (-1, 0.0)
+    assert K.score_choose(cand, n, path, _table(c), ctr, -1, 0.0, u, sc2, p_buf) == (-1, 0.0)
     assert np.array_equal(sc2[:n], want_sc)
 
 

@@ -15,11 +15,31 @@ import numpy as np
 from bta._jit import exact_jit, serving_jit
 from bta.segment.rules.kernels import run_code
 
-__all__ = ["CapTable", "HistoryLists", "ReplayOut", "MODE_TARGETED", "MODE_UNTARGETED",
-           "MODE_UNRECORDED", "PATH_TARGETED", "PATH_UNTARGETED", "capped_one",
-           "creatives_ok", "eval_rules", "eval_rules_batch", "eligible_one", "scatter_row",
-           "score_choose", "hash_key", "hash_units", "arm_code", "arm_codes", "softmax_choose",
-           "replay", "all_finite", "finite_rows"]
+__all__ = ["CampaignTable", "CapTable", "HistoryLists", "ReplayOut", "MODE_TARGETED",
+           "MODE_UNTARGETED", "MODE_UNRECORDED", "PATH_TARGETED", "PATH_UNTARGETED",
+           "capped_one", "creatives_ok", "eval_rules", "eval_rules_batch", "eligible_one",
+           "scatter_row", "score_choose", "hash_key", "hash_units", "arm_code", "arm_codes",
+           "softmax_choose", "replay", "all_finite", "finite_rows"]
+
+
+class CampaignTable(NamedTuple):
+    """A configuration's campaigns as the arrays the decision's steps read (all IN; one entry
+    per campaign). A new campaign constraint adds its array here and its test in
+    :func:`_open`: a request and a replay then both apply it."""
+
+    start: np.ndarray     #: int64: flight start (ms), inclusive
+    end: np.ndarray       #: int64: flight end (ms), exclusive
+    any_budget: bool      #: some campaign has a budget
+    budget: np.ndarray    #: float64 (inf: none)
+    even: np.ndarray      #: bool: paced evenly over the flight
+    slack: np.ndarray     #: float64: pacing slack
+    slot: np.ndarray      #: int64: the campaign's slot in the spend array
+    targeted: np.ndarray  #: bool: has a (behavioural) targeting rule
+    rule: np.ndarray      #: int64: its rule (-1: none)
+    scorer: np.ndarray    #: int64: its click model (-1: the prior)
+    prior: np.ndarray     #: float64: prior click probability
+    base: np.ndarray      #: float64: eCPM without clicks (CPM bid)
+    per_ctr: np.ndarray   #: float64: eCPM per unit of click probability
 
 
 class CapTable(NamedTuple):
@@ -357,13 +377,14 @@ PATH_UNTARGETED = 1
 
 
 @exact_jit()
-def _open(t, ctx_ok, start, end, any_budget, budget, even, slack, spend, slot, ok):
+def _open(t, ctx_ok, camps, spend, ok):
     """OUT ``ok[c]``: campaign ``c`` may serve the request at ``t`` as far as its context
     targeting (IN ``ctx_ok[c]``), flight and budget (:func:`_campaign_ok`) go; the caps come
     after (:func:`_apply_caps`, :func:`capped_one`)."""
     for c in range(ok.shape[0]):
-        ok[c] = ctx_ok[c] and _campaign_ok(t, start[c], end[c], any_budget, budget[c],
-                                           even[c], slack[c], spend[slot[c]])
+        ok[c] = ctx_ok[c] and _campaign_ok(t, camps.start[c], camps.end[c], camps.any_budget,
+                                           camps.budget[c], camps.even[c], camps.slack[c],
+                                           spend[camps.slot[c]])
 
 
 @exact_jit()
@@ -382,19 +403,18 @@ def _candidates(path, ok, targeted, rule, hits, cand):
 
 
 @exact_jit()
-def _score(cand, n, path, scorer, ctr, prior, base, per_ctr, sc):
+def _score(cand, n, path, camps, ctr, sc):
     """OUT ``sc[:n]``: the eCPM of each candidate (:func:`_ecpm_of`) with the click
     probability of its scorer ``ctr[s]`` on the targeted path, else the campaign's prior."""
     for i in range(n):
         c = cand[i]
-        s = scorer[c]
-        sc[i] = _ecpm_of(base[c], prior[c] if path != PATH_TARGETED or s < 0 else ctr[s],
-                         per_ctr[c])
+        s = camps.scorer[c]
+        sc[i] = _ecpm_of(camps.base[c], camps.prior[c] if path != PATH_TARGETED or s < 0
+                         else ctr[s], camps.per_ctr[c])
 
 
 @exact_jit()
-def eligible_one(t, path, ctx_ok, capped, start, end, any_budget, budget, even, slack, spend,
-                 slot, targeted, rule, hits, scorer, need, cand):
+def eligible_one(t, path, ctx_ok, capped, camps, spend, hits, need, cand):
     """The eligible campaigns of one request, in campaign order (OUT ``cand``); returns how
     many.
 
@@ -405,18 +425,17 @@ def eligible_one(t, path, ctx_ok, capped, start, end, any_budget, budget, even, 
     targeted path prices with.
     """
     need[:] = False
-    n_c = start.shape[0]
+    n_c = camps.start.shape[0]
     ok = np.empty(n_c, dtype=np.bool_)
-    _open(t, ctx_ok if ctx_ok.shape[0] > 0 else np.ones(n_c, dtype=np.bool_), start, end,
-          any_budget, budget, even, slack, spend, slot, ok)
+    _open(t, ctx_ok if ctx_ok.shape[0] > 0 else np.ones(n_c, dtype=np.bool_), camps, spend, ok)
     if capped.shape[0] > 0:
         for c in range(n_c):
             ok[c] = ok[c] and not capped[c]
-    n = _candidates(path, ok, targeted, rule, hits, cand)
+    n = _candidates(path, ok, camps.targeted, camps.rule, hits, cand)
     if path == PATH_TARGETED:
         for i in range(n):
-            if scorer[cand[i]] >= 0:
-                need[scorer[cand[i]]] = True
+            if camps.scorer[cand[i]] >= 0:
+                need[camps.scorer[cand[i]]] = True
     return n
 
 
@@ -459,11 +478,11 @@ def _ecpm_of(base, ctr, per_ctr):
 
 
 @exact_jit()
-def score_choose(cand, n, path, scorer, ctr, prior, base, per_ctr, kind, param, u, sc, p):
+def score_choose(cand, n, path, camps, ctr, kind, param, u, sc, p):
     """Scores ``sc[:n]`` of the candidates ``cand[:n]`` (:func:`_score`) and the policy's
     choice (:func:`_policy`) as (position, probability); ``kind < 0`` only scores (the
     caller's own policy chooses) and returns (-1, 0.0)."""
-    _score(cand, n, path, scorer, ctr, prior, base, per_ctr, sc)
+    _score(cand, n, path, camps, ctr, sc)
     if kind < 0:
         return -1, 0.0
     return _policy(kind, param, sc, n, u, p)
@@ -543,8 +562,7 @@ def capped_one(t, caps, hist, horizon, capped, ks):
 
 @exact_jit()
 def replay(mode, reason, ts, ucode, ctx, prow, rid_data, rid_off, pre_choose, pre_cre, n_house,
-           ctx_ok, hits, ctr, start, end, budget, even, slack, slot, targeted, rule, scorer,
-           prior, base, per_ctr, is_cpm, bid, caps, any_budget, any_caps, max_window, pol,
+           ctx_ok, hits, ctr, camps, is_cpm, bid, caps, any_caps, max_window, pol,
            pol_param, count, to_no_fill, r_no_eligible, r_no_fill, spend, head, tail, hist,
            ev_lab, n_ev, horizon, now_ms, out):
     """Budgets, pacing, caps and the choice for each request in order (the Engine's state).
@@ -567,7 +585,7 @@ def replay(mode, reason, ts, ucode, ctx, prow, rid_data, rid_off, pre_choose, pr
     hh = np.empty(8, dtype=np.uint64)
     hm = np.empty(16, dtype=np.uint64)
     hblock = np.zeros(128, dtype=np.uint8)
-    n_c = start.shape[0]
+    n_c = camps.start.shape[0]
     ok = np.zeros(n_c, dtype=np.bool_)
     cand = np.empty(n_c, dtype=np.int64)
     sc = np.empty(n_c)
@@ -582,7 +600,7 @@ def replay(mode, reason, ts, ucode, ctx, prow, rid_data, rid_off, pre_choose, pr
     for i in range(mode.shape[0]):
         t = ts[i]
         u = ucode[i] if mode[i] != MODE_UNRECORDED else -1
-        _open(t, ctx_ok[ctx[i]], start, end, any_budget, budget, even, slack, spend, slot, ok)
+        _open(t, ctx_ok[ctx[i]], camps, spend, ok)
         h = head[u] if u >= 0 else -1
         if any_caps and h >= 0:
             _apply_caps(t, h, caps, hist, horizon[0], ok, seen, i, ks)
@@ -591,15 +609,15 @@ def replay(mode, reason, ts, ucode, ctx, prow, rid_data, rid_off, pre_choose, pr
         n = 0
         if mode[i] == MODE_TARGETED:
             q = prow[i]
-            n = _candidates(PATH_TARGETED, ok, targeted, rule, hits[q], cand)
+            n = _candidates(PATH_TARGETED, ok, camps.targeted, camps.rule, hits[q], cand)
             if n > 0:
                 path = PATH_TARGETED
-                _score(cand, n, path, scorer, ctr[q], prior, base, per_ctr, sc)
+                _score(cand, n, path, camps, ctr[q], sc)
             else:
                 r = r_no_eligible
         if path == PATH_UNTARGETED:
-            n = _candidates(path, ok, targeted, rule, no_hits, cand)
-            _score(cand, n, path, scorer, no_ctr, prior, base, per_ctr, sc)
+            n = _candidates(path, ok, camps.targeted, camps.rule, no_hits, cand)
+            _score(cand, n, path, camps, no_ctr, sc)
         out.targeted[i] = path == PATH_TARGETED
         out.camp[i] = -1
         out.record[i] = False
@@ -632,7 +650,7 @@ def replay(mode, reason, ts, ucode, ctx, prow, rid_data, rid_off, pre_choose, pr
                 if mode[i] != MODE_UNRECORDED:
                     out.record[i] = True
                     if count:
-                        spend[slot[c]] += price / 1000.0
+                        spend[camps.slot[c]] += price / 1000.0
                         if max_window > 0 and u >= 0 and caps.has_caps[c]:
                             e = n_ev[0]
                             n_ev[0] += 1

@@ -39,6 +39,11 @@ _TO_NO_FILL = np.array([r in ("targeted", "control", "holdout") for r in REASONS
 _SCORE_BLOCK = 4_096  # rows per scorer call: bounds the dense feature block's memory
 
 
+def _gate_code(gate: str) -> int:
+    """The reason code of a privacy gate's verdict (``"ok"``: targeted)."""
+    return _REASON_CODE["targeted" if gate == GATE_OK else f"fallback:{gate}"]
+
+
 def decide_batch(engine: Engine, requests: Any, chunk: int) -> pd.DataFrame:
     """The decisions of :meth:`Engine.decide_batch` (``chunk`` already validated)."""
     snap = engine.snapshot  # one configuration for the whole replay
@@ -83,7 +88,6 @@ class _Plan:
                                      + [cr.id for cr in f.creatives], dtype=object)
         self.campaign_ids = np.array([c.id for c in cs] + [f.id], dtype=object)
         self.n_house = len(f.creatives)
-        self.any_budget = snap.any_budget
         self.any_caps = snap.any_caps
         # creative ids -> codes (the creative caps compare ids, across campaigns and swaps)
         self.cre_code = snap.cre_code
@@ -318,26 +322,22 @@ def _run_chunk(engine: Engine, snap: _Snapshot, plan: _Plan, table: "_ProfileTab
     reason = np.where(arm == len(arm_names) - 1, _REASON_CODE["holdout"],
                       _REASON_CODE["control"]).astype(np.int64)
     reason[cols.bad] = _REASON_CODE["fallback:bad_request"]
-    # the privacy gate
+    # the privacy gate: the policy's own serving_gate, once per distinct user for the rows
+    # without consent signals (the user's registries decide then), per row with them
     privacy = snap.privacy
-    gate0 = privacy.serving_gate(None, None)
     t_rows = np.flatnonzero(targeted_arm)
-    reason[t_rows] = _REASON_CODE["targeted" if gate0 == GATE_OK else f"fallback:{gate0}"]
     users, ukeys = cols.user, cols.ukey
-    # the gate's registries (compared in canonical form), before the consent signals
-    for registry, why in ((privacy.opt_outs, "fallback:opt_out"),
-                          (privacy.minors, "fallback:under_age")):
-        if len(registry):
-            code = _REASON_CODE[why]
-            for i in t_rows.tolist():
-                if reason[i] != _REASON_CODE["fallback:opt_out"] and ukeys[i] in registry:
-                    reason[i] = code
+    own = np.zeros(n, dtype=bool)
     if cols.consent is not None:
-        for i in t_rows.tolist():
-            c = cols.consent[i]
-            if c is not None:
-                g = privacy.serving_gate(users[i], c)
-                reason[i] = _REASON_CODE["targeted" if g == GATE_OK else f"fallback:{g}"]
+        own[[i for i in t_rows.tolist() if cols.consent[i] is not None]] = True
+    plain = t_rows[~own[t_rows]]
+    if plain.size:
+        codes, uniq = pd.factorize(ukeys[plain])
+        verdict = np.array([_gate_code(privacy.serving_gate(k, None)) for k in uniq.tolist()],
+                           dtype=np.int64)
+        reason[plain] = verdict[codes]
+    for i in np.flatnonzero(own).tolist():
+        reason[i] = _gate_code(privacy.serving_gate(users[i], cols.consent[i]))
     # profiles: the request's own, else the store's (each distinct (user, ts) read once)
     need = np.flatnonzero(reason == _REASON_CODE["targeted"])
     prow = np.full(n, -1, dtype=np.int64)
@@ -388,14 +388,12 @@ def _run_chunk(engine: Engine, snap: _Snapshot, plan: _Plan, table: "_ProfileTab
         K.replay(mode, reason, cols.ts, hist.ucode, cols.ctx, prow, rid_data, rid_off,
                  _bytes(f"{snap.version}:choose:"), _bytes(f"{snap.version}:creative:"),
                  np.int64(plan.n_house), ctx_ok,
-                 hits, ctr, snap.start, snap.end, snap.budget, snap.pacing_even, snap.slack,
-                 snap.slot_of, snap.targeted, snap.rule_of, snap.scorer_of, snap.prior_ctr,
-                 snap.ecpm_base, snap.ecpm_per_ctr, plan.is_cpm, snap.bid, snap.caps,
-                 plan.any_budget, plan.any_caps, np.int64(snap.max_cap_window), plan.pol,
-                 plan.pol_param, count, _TO_NO_FILL, np.int64(_REASON_CODE["fallback:no_eligible"]),
-                 np.int64(_REASON_CODE["fallback:no_fill"]), engine.delivery.spend_arr, hist.head,
-                 hist.tail, hist.lists(), hist.ev_lab, hist.n_ev, horizon, np.int64(_now_ms()),
-                 out)
+                 hits, ctr, snap.camps, plan.is_cpm, snap.bid, snap.caps, plan.any_caps,
+                 np.int64(snap.max_cap_window), plan.pol, plan.pol_param, count, _TO_NO_FILL,
+                 np.int64(_REASON_CODE["fallback:no_eligible"]),
+                 np.int64(_REASON_CODE["fallback:no_fill"]), engine.delivery.spend_arr,
+                 hist.head, hist.tail, hist.lists(), hist.ev_lab, hist.n_ev, horizon,
+                 np.int64(_now_ms()), out)
         if count and plan.any_caps:
             engine.delivery.history.horizon = int(horizon[0])
             hist.write_back(out.record & (out.camp >= 0)
@@ -412,8 +410,9 @@ def _run_chunk(engine: Engine, snap: _Snapshot, plan: _Plan, table: "_ProfileTab
         rec = np.flatnonzero(o_record & ~house)[-engine.delivery.max_pending:]
         for i in rec.tolist():
             c = snap.campaigns[o_camp[i]]
-            engine.delivery.hold(cols.rid[i], ukeys[i], int(cols.ts[i]), c, plan.creative_ids[cre[i]],
-                         float(o_price[i]), snap.max_cap_window)
+            engine.delivery.hold(cols.rid[i], ukeys[i], int(cols.ts[i]), c,
+                                 plan.creative_ids[cre[i]], float(o_price[i]),
+                                 snap.max_cap_window)
     text = (cols.rid,
             _take(arm_names, arm), _take(plan.creative_ids, cre),
             _take(plan.campaign_ids, np.where(house, n_c, o_camp)),
@@ -513,8 +512,8 @@ class _ProfileTable:
         """Table rows of the (user, ts) profiles: read from the store those not yet in it
         (one ``get_block`` call with a time per user); ``_NO_PROFILE`` / ``_FAILED`` where
         there is none or the read failed (failures are not kept: a later chunk reads
-        again). Users a block marks ``failed`` fail; a ``get_block`` that raises is read again user by user (a
-        shard that is down fails its users' reads only)."""
+        again). Users a block marks ``failed`` fail; a ``get_block`` that raises is read
+        again user by user (a shard that is down fails its users' reads only)."""
         ucode, uniq_u = pd.factorize(users)
         tcode, uniq_t = pd.factorize(ts)
         uniq_u, uniq_t = uniq_u.tolist(), uniq_t.tolist()

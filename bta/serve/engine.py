@@ -122,6 +122,7 @@ class _Snapshot:
     end: np.ndarray
     scorer_of: np.ndarray
     has_caps: np.ndarray
+    camps: K.CampaignTable  # what the decision's steps read per campaign
     caps: K.CapTable  # creatives and frequency caps as flat arrays
     cre_code: dict  # creative id -> its code in caps (what the creative caps compare)
     # packed rules
@@ -681,24 +682,35 @@ class Engine:
                                  ).astype(np.int64)
         house = float(fallback.bid if fallback.pricing == "cpm" else
                       fallback.bid * fallback.prior_ctr * 1000.0)
+        targeted = np.array([c.targeting is not None for c in campaigns], dtype=bool)
+        prior = np.array([c.prior_ctr for c in campaigns], dtype=np.float64)
+        budget = np.array([np.inf if c.budget is None else c.budget for c in campaigns])
+        even = np.array([c.pacing == "even" and c.budget is not None for c in campaigns],
+                        dtype=bool)
+        slack = np.array([c.pacing_slack for c in campaigns], dtype=np.float64)
+        start = np.array([_INT64_MIN if c.start_ms is None else c.start_ms for c in campaigns],
+                         dtype=np.int64)
+        end = np.array([_INT64_MAX if c.end_ms is None else c.end_ms for c in campaigns],
+                       dtype=np.int64)
+        ecpm_base = np.array([c.bid if c.pricing == "cpm" else 0.0 for c in campaigns])
+        ecpm_per_ctr = np.array([0.0 if c.pricing == "cpm" else
+                                 1000.0 * c.bid * (c.cvr if c.pricing == "cpa" else 1.0)
+                                 for c in campaigns])
         return _Snapshot(
-            house_score=house, house_price=house,
+            house_score=house, house_price=house, camps=K.CampaignTable(
+                start=start, end=end, any_budget=any(c.budget is not None for c in campaigns),
+                budget=budget, even=even, slack=slack, slot=slot_of, targeted=targeted,
+                rule=rule_of, scorer=scorer_of, prior=prior, base=ecpm_base,
+                per_ctr=ecpm_per_ctr),
             campaigns=campaigns, fallback=fallback, version=str(version), experiment=experiment,
             policy=policy, untargeted_policy=untargeted_policy, privacy=privacy,
-            targeted=np.array([c.targeting is not None for c in campaigns], dtype=bool),
+            targeted=targeted,
             rule_of=rule_of,
             pricing=np.array([_PRICING[c.pricing] for c in campaigns], dtype=np.int64),
             bid=np.array([c.bid for c in campaigns], dtype=np.float64),
-            prior_ctr=np.array([c.prior_ctr for c in campaigns], dtype=np.float64),
+            prior_ctr=prior,
             cvr=np.array([c.cvr for c in campaigns], dtype=np.float64),
-            budget=np.array([np.inf if c.budget is None else c.budget for c in campaigns]),
-            pacing_even=np.array([c.pacing == "even" and c.budget is not None
-                                  for c in campaigns], dtype=bool),
-            slack=np.array([c.pacing_slack for c in campaigns], dtype=np.float64),
-            start=np.array([_INT64_MIN if c.start_ms is None else c.start_ms
-                            for c in campaigns], dtype=np.int64),
-            end=np.array([_INT64_MAX if c.end_ms is None else c.end_ms for c in campaigns],
-                         dtype=np.int64),
+            budget=budget, pacing_even=even, slack=slack, start=start, end=end,
             scorer_of=scorer_of,
             has_caps=has_caps, caps=K.CapTable(
                 cre_off=cre_off,
@@ -713,10 +725,7 @@ class Engine:
             rules=rules, n_rules=len(compiled), scorers=tuple(scorer_list),
             scorer_maps=tuple(maps), scorer_defaults=tuple(defaults),
             max_cap_window=max(caps_w, default=0), store_segments=seg_names, slot_of=slot_of,
-            ecpm_base=np.array([c.bid if c.pricing == "cpm" else 0.0 for c in campaigns]),
-            ecpm_per_ctr=np.array([0.0 if c.pricing == "cpm" else
-                                   1000.0 * c.bid * (c.cvr if c.pricing == "cpa" else 1.0)
-                                   for c in campaigns]),
+            ecpm_base=ecpm_base, ecpm_per_ctr=ecpm_per_ctr,
             index_of={c.id: i for i, c in enumerate(campaigns)},
             contexts=tuple(c.context for c in campaigns),
             has_context=any(c.context is not None for c in campaigns), ctx_cache=_ContextMasks(),
@@ -934,10 +943,8 @@ class Engine:
     def _eligible(self, snap: _Snapshot, work: _Scratch, path: int, ts: int,
                   mask: np.ndarray | None, capped: np.ndarray) -> int:
         """Eligible campaigns into ``work.cand`` (see :func:`K.eligible_one`); how many."""
-        return K.eligible_one(ts, path, _NO_MASK if mask is None else mask, capped, snap.start,
-                              snap.end, snap.any_budget, snap.budget, snap.pacing_even,
-                              snap.slack, self.delivery.spend_arr, snap.slot_of, snap.targeted,
-                              snap.rule_of, work.hits, snap.scorer_of, work.need, work.cand)
+        return K.eligible_one(ts, path, _NO_MASK if mask is None else mask, capped, snap.camps,
+                              self.delivery.spend_arr, work.hits, work.need, work.cand)
 
     def _targeted(self, snap: _Snapshot, profile: Profile, user_id: Any, ukey: str, ts: int,
                   request_id: str, arm: str, t0: float, mask: np.ndarray | None) -> Decision:
@@ -1000,9 +1007,8 @@ class Engine:
         # greedy never reads u, nor does a built-in policy with one candidate
         if kind != 0 and (n > 1 or kind < 0):
             u = hash_unit(f"{snap.version}:choose:{request_id}")
-        i, p = K.score_choose(work.cand, n, path, snap.scorer_of, work.ctr, snap.prior_ctr,
-                              snap.ecpm_base, snap.ecpm_per_ctr, kind, snap.pol_param[path], u,
-                              work.sc, work.p)
+        i, p = K.score_choose(work.cand, n, path, snap.camps, work.ctr, kind,
+                              snap.pol_param[path], u, work.sc, work.p)
         if kind < 0:  # a policy of the caller's own
             policy = snap.policy if path == K.PATH_TARGETED else snap.untargeted_policy
             i, p = policy.choose(work.sc[:n].copy(), u)
@@ -1083,8 +1089,8 @@ class Engine:
         for path in (K.PATH_TARGETED, K.PATH_UNTARGETED):
             n = self._eligible(snap, work, path, 0, None, _NONE_CAPPED)
             for kind in (0, -1):
-                K.score_choose(work.cand, n, path, snap.scorer_of, work.ctr, snap.prior_ctr,
-                               snap.ecpm_base, snap.ecpm_per_ctr, kind, 0.0, 0.0, work.sc, work.p)
+                K.score_choose(work.cand, n, path, snap.camps, work.ctr, kind, 0.0, 0.0, work.sc,
+                               work.p)
         self.store.warmup()
         return self
 
