@@ -380,10 +380,16 @@ def _ingest(raw: dict[str, Any], sources: dict[str, Hashable], n: int | None,
                      (cat_vals, cat_uniques, cat_missing) if "category" in cols else None, n)
     screened = screen > 0
     removed = dict.fromkeys(REMOVAL_REASONS, 0)
+    spellings: dict[str, int] = {}
     if screened.any():
         for code, k in enumerate(np.bincount(screen, minlength=len(SCREEN_REASONS))):
             if code:
                 removed[SCREEN_REASONS[code]] = int(k)
+        sens = screen == SCREEN_REASONS.index("sensitive")
+        if sens.any() and "category" in cols and cat_uniques is not None:
+            codes = np.asarray(cat_vals)[sens]
+            per = np.bincount(codes[codes >= 0], minlength=len(cat_uniques))
+            spellings = {str(cat_uniques[j]): int(per[j]) for j in np.flatnonzero(per)}
         if reason is not None:
             reason[screened] = 0
             reason = reason if reason.any() else None
@@ -486,7 +492,8 @@ def _ingest(raw: dict[str, Any], sources: dict[str, Hashable], n: int | None,
                                    categories=categories, event_types=event_types,
                                    quarantine=q, n_input_rows=n, session_id=session_s,
                                    item=item_s, items=items, event_id=event_id_s,
-                                   removed=removed, user_column=user_column)
+                                   removed=removed, user_column=user_column,
+                                   screened_spellings=spellings)
         log._set_flags(opts.flag_bots)
         return log
 

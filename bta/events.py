@@ -215,6 +215,10 @@ class EventLog:
         ``reason`` (categorical over :data:`REASONS`).
     n_input_rows : int
         Always ``n_rows + len(quarantine) + sum(removed.values())``.
+    screened_spellings : dict of str to int
+        The raw spellings of the input's categories that privacy screening removed as
+        sensitive, with their row counts (``{"Health ": 3, "health\u200b": 1}``): which
+        spellings the normalized key (:func:`bta.privacy.category_key`) caught.
     removed : dict of str to int
         Rows removed, by reason (:data:`REMOVAL_REASONS`): privacy screening at ingestion
         (``opt_out``, ``under_age``, ``sensitive``), :meth:`retain` / :meth:`drop_before`
@@ -272,6 +276,7 @@ class EventLog:
         parts.setdefault("item", None)
         parts.setdefault("items", np.empty(0, dtype=object))
         parts.setdefault("event_id", None)
+        parts.setdefault("screened_spellings", {})
         log.__dict__.update(parts)
         log.flagged = np.zeros(len(parts["users"]), bool)
         log._bot = None
@@ -588,6 +593,7 @@ class EventLog:
             "quarantined_by_reason": {r: int(k) for r, k in by_reason.items()},
             "rows_removed": sum(removed.values()),
             "removed_by_reason": removed,
+            "screened_spellings": dict(self.screened_spellings),
             "n_users": self.n_users,
             "n_flagged": int(self.flagged.sum()),
             "n_categories": len(self.categories),
@@ -670,7 +676,8 @@ class EventLog:
             user=np.ascontiguousarray(new_code[self.user[rows]]), **per_row,
             user_offsets=offsets, users=self.users[users_kept], categories=self.categories,
             items=self.items, event_types=self.event_types, quarantine=quarantine,
-            n_input_rows=n_input_rows, removed=removed, user_column=self.user_column)
+            n_input_rows=n_input_rows, removed=removed, user_column=self.user_column,
+            screened_spellings=self.screened_spellings)
         log.bot_rule = self.bot_rule
         log.flagged = self.flagged[users_kept]
         if self._bot is not None:

@@ -458,3 +458,16 @@ def test_canonical_id_table():
                     ("0923", "0923"), (b"abc", "abc"), (True, None), (None, None), ("", None),
                     (1.5, None), (float("inf"), None), ([1], None), ("x" * 2000, None)]:
         assert canonical_id(x) == want, x
+
+
+def test_the_log_reports_the_raw_spellings_it_screened():
+    from bta.events import EventLog
+
+    cats = ["Health ", "health\u200b", "sports", "Health ", "Mental-Health", None]
+    df = pd.DataFrame({"user_id": list("abcdef"), "ts": 1_767_225_600_000 + np.arange(6),
+                       "event": "page_view", "category": cats})
+    log = EventLog.from_pandas(df, ts_unit="ms")
+    s = log.summary()
+    assert s["removed_by_reason"]["sensitive"] == 4
+    assert s["screened_spellings"] == {"Health ": 2, "health\u200b": 1, "Mental-Health": 1}
+    assert log.select_users([1]).summary()["screened_spellings"] == s["screened_spellings"]
