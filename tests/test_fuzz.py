@@ -525,7 +525,7 @@ def test_ingestion_accepts_quarantines_or_raises_schema_error(df, unit):
     assert log.user_offsets[-1] == n and (np.diff(log.user_offsets) >= 0).all()
     # the default range: from 1970 (epoch 0 itself is the null sentinel) to a day past now
     lo = pd.Timestamp("1970-01-01", tz="UTC")
-    hi = pd.Timestamp.now(tz="UTC") + pd.Timedelta("1d")
+    hi = pd.Timestamp.now(tz="UTC") + pd.Timedelta(days=1)
     assert ((log.ts > lo.value // 10**6) & (log.ts <= hi.value // 10**6)).all()
     key = log.user.astype(np.int64) * 2**42 + (log.ts - lo.value // 10**6)
     assert (np.diff(key) >= 0).all()
