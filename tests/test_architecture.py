@@ -45,7 +45,7 @@ def _room(module: str) -> str:
     if len(parts) == 1:
         return "bta"
     r = parts[1]
-    return "events" if r.startswith("_event") else r
+    return r
 
 
 def _imports(path: Path, top_level_only: bool) -> set[str]:

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bta import _event_kernels as _k
+from bta.events import kernels as _k
 from bta.errors import ConfigError, SchemaError, UnknownNameError
 from bta.events import (REASONS, STANDARD_EVENTS, BotRule, EventLog, Sessions, to_epoch_ms,
                         to_millis)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange as numba_prange
 
-from bta._event_kernels import is_new_session
+from bta.events.kernels import is_new_session
 from bta._jit import batch_jit, exact_jit, serial_copy
 
 # Standard event codes (bta.events.STANDARD_EVENTS order is fixed).

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bta import _event_kernels as _k
-from bta._event_schema import _MAX_EPOCH_S, _SECONDS_BELOW
+from bta.events import kernels as _k
+from bta.events.times import _MAX_EPOCH_S, _SECONDS_BELOW
 from bta.errors import SchemaError
 
 __all__ = ["_column", "_read_events", "_read_ids", "_read_times", "_read_values", "_where"]

@@ -7,8 +7,8 @@ import dataclasses
 
 import numpy as np
 
-from bta import _event_kernels as _k
-from bta._event_schema import _CLICK, _IMPRESSION, _threads
+from bta.events import kernels as _k
+from bta.events.vocabulary import _CLICK, _IMPRESSION, _threads
 from bta._jit import num_threads
 from bta.errors import check_param
 

@@ -8,16 +8,16 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Hashable, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numba
 import numpy as np
 import pandas as pd
 
-from bta import _event_kernels as _k
-from bta._event_bots import BotRule
-from bta._event_columns import _column, _read_events, _read_ids, _read_times, _read_values, _where
-from bta._event_schema import (
+from bta.events import kernels as _k
+from bta.events.bots import BotRule
+from bta.events.columns import _column, _read_events, _read_ids, _read_times, _read_values, _where
+from bta.events.vocabulary import (
     _DIRECT_SPAN_SLACK,
     _REASON_COLUMN,
     _REASON_TEXT,
@@ -28,18 +28,13 @@ from bta._event_schema import (
     REASONS,
     REMOVAL_REASONS,
     STANDARD_EVENTS,
-    _fmt_ms,
     _threads,
     logger,
-    to_epoch_ms,
-    to_millis,
 )
+from bta.events.times import _fmt_ms, to_epoch_ms, to_millis
 from bta._jit import num_threads
 from bta.errors import SchemaError, check_param
 from bta.privacy import SCREEN_REASONS, PrivacyPolicy, pseudonymize
-
-if TYPE_CHECKING:
-    from bta.events import EventLog
 
 __all__ = ["_Options", "_ingest", "_session_codes"]
 
@@ -330,11 +325,9 @@ def _time_reasons(ts_ms: np.ndarray, ts_big: np.ndarray | None, opts: _Options,
 
 
 def _ingest(raw: dict[str, Any], sources: dict[str, Hashable], n: int | None,
-            take: Callable[[np.ndarray], pd.DataFrame] | None, opts: _Options) -> EventLog:
-    """Validate, encode and sort; every constructor ends here."""
-    # Imported here because bta.events imports this module to build its constructors.
-    from bta.events import EventLog
-
+            take: Callable[[np.ndarray], pd.DataFrame] | None, opts: _Options
+            ) -> dict[str, Any]:
+    """Validate, encode and sort: the parts of an :class:`~bta.events.EventLog`."""
     where = {c: _where(c, sources[c]) for c in raw}
     cols = {}
     for c in COLUMNS:
@@ -487,15 +480,11 @@ def _ingest(raw: dict[str, Any], sources: dict[str, Hashable], n: int | None,
         if len(q):
             logger.info("quarantined %d of %d input rows: %s", len(q), n,
                         q["reason"].value_counts().loc[lambda c: c > 0].to_dict())
-        log = EventLog._from_parts(user=user_s, ts=ts_sorted, event=ev_s, category=cat_s,
-                                   value=val_s, user_offsets=offsets, users=users,
-                                   categories=categories, event_types=event_types,
-                                   quarantine=q, n_input_rows=n, session_id=session_s,
-                                   item=item_s, items=items, event_id=event_id_s,
-                                   removed=removed, user_column=user_column,
-                                   screened_spellings=spellings)
-        log._set_flags(opts.flag_bots)
-        return log
+        return dict(user=user_s, ts=ts_sorted, event=ev_s, category=cat_s, value=val_s,
+                    user_offsets=offsets, users=users, categories=categories,
+                    event_types=event_types, quarantine=q, n_input_rows=n,
+                    session_id=session_s, item=item_s, items=items, event_id=event_id_s,
+                    removed=removed, user_column=user_column, screened_spellings=spellings)
 
 
 def _and_present(valid: np.ndarray, missing: np.ndarray | None) -> np.ndarray:

@@ -1,71 +1,4 @@
-"""EventLog: the one validated, columnar form of clickstream events.
-
-Every input (pandas with NumPy or Arrow dtypes, polars, Arrow, Parquet, plain arrays) is
-converted once into contiguous arrays sorted by (user, time); users, categories, items and
-event types become dense integer codes with sorted vocabularies, so that codes (and every
-result computed from them) do not depend on the order of the input rows. Every input row is
-accounted for: accepted, or quarantined with a reason code (``errors="raise"``, the default,
-raises instead), or removed by the privacy policy and counted.
-
-Rows are data. Two identical rows are two events (two views of one page in one second, two
-purchases of one amount on one day) and both are kept; ``summary()`` counts them. Telling a
-repeated *delivery* of one event from a second event takes an event id: with an
-``event_id`` column, repeats of an id are set aside (see ``dedupe``).
-
-Row problems, checked in this order (the first that applies is the row's reason):
-
-======================= ================================================================
-``missing_user``        null (or empty string) user id
-``bad_time``            null or unparseable time
-``epoch_zero``          time exactly 1970-01-01T00:00:00.000Z while the time range holds it:
-                        what a null becomes where a system writes it as 0 (Unix time 0, a
-                        ``NOT NULL DEFAULT 0`` column, a JSON ``0``); no real event lies on
-                        that millisecond. ``time_range=None`` accepts it.
-``time_out_of_range``   time outside ``time_range`` (``lo <= t < hi``)
-``future_time``         time later than the moment of ingestion plus ``max_future`` (while
-                        ``time_range`` is not None)
-``unknown_event``       null event name, or a name neither standard nor declared
-``bad_value``           negative or infinite value (a null value is 0.0, not a problem)
-``duplicate_event_id``  (``dedupe="event_id"``, with an ``event_id`` column) repeat of the
-                        event id of an earlier valid row; the first is kept
-``duplicate``           (``dedupe="exact"`` only) identical to an earlier valid row on every
-                        provided column (times compared in milliseconds, null equals null);
-                        the first is kept
-======================= ================================================================
-
-The two duplicate reasons are the deduplication asked for, not errors: their rows are set
-aside in the quarantine even with ``errors="raise"``.
-
-Columns (bta name: what it may hold):
-
-- ``user_id`` (required): strings or integers (floats are accepted when integral). Ids are
-  kept as the source gave them and compared in their canonical form (:mod:`bta.ids`).
-- ``ts`` (required): datetime64 of any unit (tz-aware converted to UTC, naive taken as UTC),
-  Timestamps, ISO 8601 strings (any other text format needs ``ts_format``), or epoch seconds /
-  milliseconds (``ts_unit``).
-- ``event`` (required): event names as strings, pandas Categorical or Arrow dictionary.
-- ``category`` (optional): strings or integers, null allowed (code -1).
-- ``item_id`` (optional): the page, product or URL id of the event, strings or integers,
-  null allowed (code -1); encoded like categories, vocabulary in ``items``.
-- ``value`` (optional): numbers, null allowed (0.0).
-- ``session_id`` (optional): any hashable ids, kept as given.
-- ``event_id`` (optional): the event's own id (Snowplow ``event_id``, Segment
-  ``messageId``, an order id), strings or integers, kept as given; null or empty ids never
-  repeat.
-
-Text files must keep the id columns (:data:`ID_COLUMNS`) as text, so that ``"001"`` and
-``"1"`` stay two ids: the ``bta`` command's CSV reading does.
-
-Privacy (see :mod:`bta.privacy`): before any check, each row is screened by the
-``privacy`` policy (by default ``PrivacyPolicy()``, whose sensitive deny list always
-applies): rows of opted-out users, of known minors, and in sensitive categories without
-the user's opt-in are *removed*, not quarantined, so that the data the policy keeps out is
-not kept anywhere; they are counted by reason in ``removed``. With ``pseudonymize_key``
-user ids are replaced by their keyed hash (:func:`bta.privacy.pseudonymize`) before
-anything else sees them, the quarantine included. Retention (:meth:`EventLog.retain`) and
-erasure (:meth:`EventLog.erase`) return new logs and count what they removed the same way:
-``n_input_rows == n_rows + len(quarantine) + sum(removed.values())`` always holds.
-"""
+"""EventLog: the validated, columnar log (its documentation is :mod:`bta.events`'s)."""
 
 from __future__ import annotations
 
@@ -76,44 +9,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bta import _event_kernels as _k
-from bta._event_bots import _FLAG_REASONS, BotRule, _bot_stats
-from bta._event_columns import _where
-from bta._event_ingest import _ingest, _Options, _session_codes
-from bta._event_schema import (
-    COLUMNS,
-    DEDUPE_MODES,
-    DEFAULT_MAX_FUTURE,
-    DEFAULT_TIME_RANGE,
-    ID_COLUMNS,
-    REASONS,
-    REMOVAL_REASONS,
-    STANDARD_EVENTS,
-    _fmt_ms,
-    _resolve,
-    to_epoch_ms,
-    to_millis,
-)
-from bta._event_sessions import Sessions, _utc
+from bta.events import kernels as _k
+from bta.events.bots import _FLAG_REASONS, BotRule, _bot_stats
+from bta.events.columns import _where
+from bta.events.ingest import _ingest, _Options, _session_codes
+from bta.events.sessions import Sessions, _utc
+from bta.events.times import _fmt_ms, to_epoch_ms, to_millis
+from bta.events.vocabulary import REASONS, REMOVAL_REASONS, _resolve
 from bta.errors import ConfigError, SchemaError, UnknownNameError, check_param, check_paths
 from bta.ids import canonical_ids, id_keys
-from bta.privacy import PrivacyPolicy
 
-__all__ = [
-    "STANDARD_EVENTS",
-    "COLUMNS",
-    "ID_COLUMNS",
-    "REASONS",
-    "DEDUPE_MODES",
-    "DEFAULT_TIME_RANGE",
-    "DEFAULT_MAX_FUTURE",
-    "REMOVAL_REASONS",
-    "BotRule",
-    "EventLog",
-    "Sessions",
-    "to_epoch_ms",
-    "to_millis",
-]
+__all__ = ["EventLog"]
 
 
 # ---------------------------------------------------------------------------- EventLog
@@ -283,6 +189,14 @@ class EventLog:
         log.bot_rule = BotRule(enabled=False)
         return log
 
+    @classmethod
+    def _ingested(cls, raw: dict[str, Any], sources: dict[str, Hashable], n: int | None,
+                  take: Any, opts: _Options) -> EventLog:
+        """Every constructor ends here: validate, encode and sort, then flag bots."""
+        log = cls._from_parts(**_ingest(raw, sources, n, take, opts))
+        log._set_flags(opts.flag_bots)
+        return log
+
     def _set_flags(self, rule: BotRule) -> None:
         self.bot_rule = rule
         if rule.enabled:
@@ -328,7 +242,7 @@ class EventLog:
             raise SchemaError(f"df must be a pandas DataFrame, got {type(df).__name__}")
         sources = _resolve(columns, list(df.columns))
         raw = {c: df[src] for c, src in sources.items()}
-        return _ingest(raw, sources, len(df), lambda rows: _take_rows(df, rows), opts)
+        return cls._ingested(raw, sources, len(df), lambda rows: _take_rows(df, rows), opts)
 
     @classmethod
     def from_polars(cls, frame: Any, columns: Mapping[str, Hashable] | None = None,
@@ -373,7 +287,8 @@ class EventLog:
             if names.count(src) > 1:
                 raise SchemaError(f"{_where(c, src)} appears more than once")
         raw = {c: table.column(src) for c, src in sources.items()}
-        return _ingest(raw, sources, table.num_rows, lambda rows: _take_rows(table, rows), opts)
+        return cls._ingested(raw, sources, table.num_rows, lambda rows: _take_rows(table, rows),
+                             opts)
 
     @classmethod
     def from_parquet(cls, path_or_paths: str | os.PathLike | Sequence[str | os.PathLike],
@@ -428,7 +343,7 @@ class EventLog:
                  "value": value, "session_id": session_id, "item_id": item_id,
                  "event_id": event_id}
         raw = {c: x for c, x in given.items() if x is not None}
-        return _ingest(raw, {c: c for c in raw}, None, None, opts)
+        return cls._ingested(raw, {c: c for c in raw}, None, None, opts)
 
     @classmethod
     def from_any(cls, data: Any, columns: Mapping[str, Hashable] | None = None,
@@ -464,7 +379,7 @@ class EventLog:
             opts = _Options.make(**options)
             sources = _resolve(columns, list(data.keys()))
             raw = {c: data[src] for c, src in sources.items()}
-            return _ingest(raw, sources, None, None, opts)
+            return cls._ingested(raw, sources, None, None, opts)
         if hasattr(data, "to_arrow"):
             return cls.from_arrow(data.to_arrow(), columns, **options)
         raise SchemaError("cannot read events from a " + type(data).__name__ + "; expected a "
@@ -831,7 +746,7 @@ class EventLog:
         Event ``j`` of a user opens a session if it is the user's first, or if
         ``t_j - t_last > gap`` or ``t_j - t_start > max_length``, with ``t_start`` and
         ``t_last`` the open session's first and last times: exactly
-        :func:`bta._event_kernels.is_new_session`, which the feature kernels share.
+        :func:`bta.events.kernels.is_new_session`, which the feature kernels share.
         """
         gap_ms = to_millis(gap, "gap")
         max_ms = 0 if max_length is None else to_millis(max_length, "max_length")
