@@ -1120,10 +1120,10 @@ def test_win_notices_count_spend_and_caps(world):
 
 
 def test_pending_decisions_expire_and_are_bounded(world, monkeypatch):
-    import bta.serve.engine as engine_module
+    import bta.serve.delivery as delivery_module
 
     now = [1000.0]  # a clock the test moves: a stalled machine cannot expire anything early
-    monkeypatch.setattr(engine_module, "_monotonic", lambda: now[0])
+    monkeypatch.setattr(delivery_module, "_monotonic", lambda: now[0])
     eng = _win_engine(world, pending_ttl_s=0.2, max_pending=3)
     for i in range(5):
         eng.decide({"user_id": i, "ts": T0, "request_id": f"p-{i}"})

@@ -24,7 +24,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bta.serve import _request as R
-from bta.serve import engine as engine_module
+from bta.serve import _snapshot as snapshot_module
+from bta.serve import delivery as delivery_module
 from bta.serve.campaigns import CONTEXT_FIELDS, Campaign, Creative, FrequencyCap
 from bta.serve.engine import Engine, Request, decisions_frame
 from bta.serve.experiment import Experiment
@@ -282,7 +283,7 @@ def test_context_cache_is_bounded_by_bytes(world):
     finally:
         tracemalloc.stop()
     cache = eng._snap.ctx_cache
-    assert cache.nbytes <= engine_module._CTX_CACHE_BYTES
+    assert cache.nbytes <= snapshot_module._CTX_CACHE_BYTES
     # 300 keys of about 460 KB would be 135 MB; the cache keeps at most 32 MiB of them
     assert grown < 48 * MB, grown
     # the case, a 1 MiB value: refused, never cached
@@ -332,7 +333,7 @@ def test_history_ages_out_and_the_size_bound_forgets_the_least_recent(world):
     for i in range(20_000):
         eng.decide({"user_id": i, "ts": T0 + i * 1_800, "request_id": f"a{i}"})
     held = eng._history.users
-    assert len(held) <= 2_000 + 2 * engine_module._SWEEP
+    assert len(held) <= 2_000 + 2 * delivery_module._SWEEP
     assert eng._history.horizon == T0 + 19_999 * 1_800 - window
     assert eng._history.n_entries == sum(len(v) for v in held.values())
     # the size bound: at most 500 impressions, the least recently served forgotten first
@@ -422,7 +423,7 @@ def test_memory_after_a_million_distinct_unknown_users(world):
     serve(300_000, n)
     gc.collect()
     rss_end = proc.memory_info().rss
-    assert len(eng._history.users) <= 100_000 + 2 * engine_module._SWEEP
+    assert len(eng._history.users) <= 100_000 + 2 * delivery_module._SWEEP
     grown, late = (rss_end - rss0) / MB, (rss_end - rss_mid) / MB
     # before the bounds: 91 MiB per 100,000 users, about 900 MiB here
     assert grown < 150, grown

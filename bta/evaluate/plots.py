@@ -9,16 +9,27 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import numpy as np
+import pandas as pd
 
 from bta._plot import new_figure
 
-if TYPE_CHECKING:  # pragma: no cover
-    from bta.evaluate.ab import ABReport
-
 __all__ = ["plot_arms", "plot_cumulative_lift"]
+
+
+class ABReport(Protocol):
+    """What the figures read of a :class:`bta.evaluate.ABReport` (structural, so this module
+    needs nothing of the report's own)."""
+
+    alpha: float
+    control: Any
+    family: Sequence[str]
+    arms: pd.DataFrame
+    stats: Any
+    daily: pd.DataFrame
 
 
 def _figure(ncols: int, width: float = 5.0, height: float = 3.6) -> Any:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import uuid
-from typing import Any, Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 import pandas as pd
@@ -26,13 +26,25 @@ from bta.serve._request import (
     _CTX_FIELD_INDEX, _TS_MAX_MS, _TS_MIN_MS, NO_CONTEXT, _absent, _check_consent, _ctx_values,
     _now_ms, _parse, _request_id_ok, _safe_request_id, _user_key, request_profile,
 )
-from bta.serve.engine import (
-    _PRICING, _SWEEP, REASONS, Engine, _segments_for, _Snapshot, ctx_mask,
-)
+from bta.serve._snapshot import _PRICING, REASONS, _segments_for, _Snapshot, ctx_mask
 from bta.schema import decision_columns_frame, decisions_frame
-from bta.serve.store import Profile, ProfileBlock
+from bta.serve.delivery import _SWEEP, Delivery
+from bta.serve.store import Profile, ProfileBlock, ProfileStore
 
 __all__ = ["decide_batch"]
+
+
+class Engine(Protocol):
+    """What the replay reads of its :class:`~bta.serve.engine.Engine` (the facade that calls
+    it): the configuration, the delivery state, the store, and ``decide`` for policies of
+    the caller's own."""
+
+    snapshot: _Snapshot
+    delivery: Delivery
+    store: ProfileStore | None
+    count_on: str
+
+    def decide(self, request: Any) -> Any: ...
 
 _REASON_CODE = {r: i for i, r in enumerate(REASONS)}
 _TO_NO_FILL = np.array([r in ("targeted", "control", "holdout") for r in REASONS])

@@ -62,9 +62,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -76,381 +74,24 @@ from bta.privacy import GATE_OK, PrivacyPolicy
 from bta.schema import Decision, decisions_frame
 from bta.segment.rules import RuleSegment
 from bta.serve import _kernels as K
+from bta.serve._replay import decide_batch
 from bta.serve._request import (
-    NO_CONTEXT, Request, _now_ms, _parse, _safe_request_id, context_key_chars, context_mask,
-    request_profile,
+    NO_CONTEXT, Request, _now_ms, _parse, _safe_request_id, request_profile,
+)
+from bta.serve._snapshot import (
+    _NO_MASK, _NONE_CAPPED, _PRICING, BUILTIN_POLICIES, REASONS, _ContextMasks, _pack,
+    _Scratch, _segments_for, _Snapshot, ctx_mask,
 )
 from bta.serve.campaigns import Campaign
+from bta.serve.delivery import MAX_HISTORY_ENTRIES, Delivery, _CapHistory
 from bta.serve.experiment import Experiment, hash_unit
-from bta.serve.policy import EpsilonGreedy, Greedy, Policy, Softmax, Uniform
+from bta.serve.policy import Greedy, Policy, Uniform
 from bta.serve.store import Profile, ProfileStore
 
 __all__ = ["Engine", "Decision", "Request", "REASONS", "decisions_frame"]
 
-#: reason codes a Decision can carry
-REASONS = (
-    "targeted", "control", "holdout", "fallback:bad_request", "fallback:opt_out",
-    "fallback:no_consent", "fallback:under_age", "fallback:bad_consent", "fallback:no_profile",
-    "fallback:store_error", "fallback:timeout", "fallback:no_eligible", "fallback:no_fill",
-    "fallback:error", "fallback:bad_profile",
-)
-_PRICING = {"cpm": 0, "cpc": 1, "cpa": 2}
 _INT64_MIN = np.iinfo(np.int64).min
 _INT64_MAX = np.iinfo(np.int64).max
-
-
-@dataclass(frozen=True, eq=False)
-class _Snapshot:
-    campaigns: tuple[Campaign, ...]
-    fallback: Campaign
-    version: str
-    experiment: Experiment
-    policy: Any
-    untargeted_policy: Any
-    privacy: PrivacyPolicy
-    # per campaign
-    targeted: np.ndarray
-    rule_of: np.ndarray
-    pricing: np.ndarray
-    bid: np.ndarray
-    prior_ctr: np.ndarray
-    cvr: np.ndarray
-    budget: np.ndarray
-    pacing_even: np.ndarray
-    slack: np.ndarray
-    start: np.ndarray
-    end: np.ndarray
-    scorer_of: np.ndarray
-    has_caps: np.ndarray
-    camps: K.CampaignTable  # what the decision's steps read per campaign
-    caps: K.CapTable  # creatives and frequency caps as flat arrays
-    cre_code: dict  # creative id -> its code in caps (what the creative caps compare)
-    # packed rules
-    rules: tuple
-    n_rules: int
-    # scorers
-    scorers: tuple
-    scorer_maps: tuple  # per scorer: store column -> scorer feature (-1 unused)
-    scorer_defaults: tuple  # per scorer: the feature vector of an empty profile
-    max_cap_window: int
-    store_segments: tuple[str, ...]
-    slot_of: np.ndarray  # campaign -> slot in the engine's spend array
-    ecpm_base: np.ndarray
-    ecpm_per_ctr: np.ndarray
-    index_of: dict  # campaign id -> index
-    contexts: tuple  # per campaign: its normalized context targeting, or None
-    has_context: bool
-    ctx_cache: "_ContextMasks"  # request context key -> eligible-by-context mask (bounded)
-    any_budget: bool  # some campaign has a budget
-    any_caps: bool  # some campaign has frequency caps
-    pol_kind: tuple  # [targeted, untargeted] policy kind for the compiled choice; -1: own
-    pol_param: tuple  # ... and its parameter
-    n_features: int  # columns of the store's feature layout
-    # per campaign, what the choice reads: (campaign, price if CPM else None, creative ids,
-    # whether it has creative-scope caps)
-    serving: tuple
-    house_score: float  # the house ad's eCPM: its CPM bid, else bid x prior CTR x 1000
-    house_price: float  # ... and its price (the same)
-
-
-class _Scratch:
-    """One thread's work arrays for the requests of one snapshot."""
-
-    __slots__ = ("snap", "hits", "need", "cand", "sc", "p", "ctr", "x", "ks", "lists",
-                 "horizon")
-
-    def __init__(self, snap: _Snapshot):
-        n = len(snap.campaigns)
-        self.snap = snap
-        self.hits = np.zeros(max(snap.n_rules, 1), dtype=np.bool_)
-        self.need = np.zeros(max(len(snap.scorers), 1), dtype=np.bool_)
-        self.cand = np.zeros(max(n, 1), dtype=np.int64)
-        self.sc = np.zeros(max(n, 1))
-        self.p = np.zeros(max(n, 1))
-        self.ctr = np.zeros(max(len(snap.scorers), 1))
-        self.x = [np.zeros(d.shape[0]) for d in snap.scorer_defaults]
-        self.ks = np.zeros(max([len(c.creatives) for c in snap.campaigns], default=1),
-                           dtype=np.int64)  # creatives under their caps (K.creatives_ok)
-        self.lists = None  # the request's user's impressions (K.HistoryLists), or None
-        self.horizon = 0  # ... and the history's horizon they were read at
-
-
-#: the built-in policies, which the compiled choice (and a replay) runs by their ``kind``
-BUILTIN_POLICIES = (Greedy, EpsilonGreedy, Softmax, Uniform)
-_NONE_CAPPED = np.zeros(0, dtype=np.bool_)  # read-only markers for "nothing" (empty arrays)
-_NO_MASK = np.zeros(0, dtype=np.bool_)
-#: Distinct request contexts whose masks are kept (real traffic has few: pages x slots)...
-_CTX_CACHE_MAX = 65_536
-#: ... and the memory they may take. A key holds at most 7 fields x 64 values x 256
-#: characters (the request bounds), about 460 KB at 4 bytes a character: the entry bound
-#: alone would allow 30 GB, so this bound is the one that holds for hostile traffic.
-_CTX_CACHE_BYTES = 32 << 20
-_CTX_ENTRY_BYTES = 1_024  # a key's tuple, sets, a mask and the dict slot, beyond the text
-_CTX_TEXT_BYTES = 84  # per value: a str object's header, its set slot, 4 bytes a character
-#: The most impressions the frequency-cap history keeps by default (see _CapHistory).
-MAX_HISTORY_ENTRIES = 1_000_000
-_SWEEP = 2  # users the history's age sweep may drop per recorded impression
-
-
-class _ContextMasks:
-    """Eligible-by-context masks per distinct request context key, bounded by entries
-    (:data:`_CTX_CACHE_MAX`) and by bytes (:data:`_CTX_CACHE_BYTES`, the keys' text
-    counted at 4 bytes a character plus a fixed cost per entry and per value): when a new
-    key would pass either bound the cache starts afresh. At most about 32 MiB plus one
-    entry, whatever the requests."""
-
-    __slots__ = ("masks", "nbytes", "lock")
-
-    def __init__(self):
-        self.masks: dict[tuple, np.ndarray] = {}
-        self.nbytes = 0
-        self.lock = threading.Lock()
-
-    def get(self, key: tuple) -> np.ndarray | None:
-        return self.masks.get(key)
-
-    def put(self, key: tuple, mask: np.ndarray) -> None:
-        n_values = sum(len(v) for v in key if v is not None)
-        cost = (_CTX_ENTRY_BYTES + mask.nbytes + _CTX_TEXT_BYTES * n_values
-                + 4 * context_key_chars(key))
-        with self.lock:  # a miss only: the count must not drift between threads
-            if len(self.masks) >= _CTX_CACHE_MAX or self.nbytes + cost > _CTX_CACHE_BYTES:
-                self.masks.clear()
-                self.nbytes = 0
-            self.masks[key] = mask
-            self.nbytes += cost
-
-    def __len__(self) -> int:
-        return len(self.masks)
-
-
-class _CapHistory:
-    """The frequency-cap history: per user (canonical id, :func:`bta.ids.canonical_id`), the
-    impressions that may still count against a cap, ``(time ms, campaign id, creative id)``
-    in the order they were recorded. ``decide`` and the replay read and write this one object.
-
-    Bounded by age and by size, whatever the requests:
-
-    - **Age.** The *horizon* is the time of the latest recorded impression, never ahead of
-      the wall clock (a request with a far-future time cannot expire everyone's history),
-      less the longest cap window of the configuration that recorded it. An impression at or
-      before the horizon never counts again, for any request: entries older than the longest
-      window are useless. They are dropped from a user's entries when the user gets a new
-      impression, and users whose entries are all past the horizon are dropped from the
-      front of the queue of users (least recently recorded first), at most ``_SWEEP`` per
-      recorded impression: an amortized O(1) sweep; the history holds about the users seen
-      within the longest window.
-    - **Size.** At most ``max_entries`` impressions: beyond, whole users are forgotten,
-      least recently recorded first (their caps start afresh). One impression with its user
-      takes about 250 bytes (1M users with one each: 250 MB), so the default of
-      :data:`MAX_HISTORY_ENTRIES` bounds the history at about 250 MB.
-
-    The mapping methods (``==``, ``in``, ``len``, iteration) are views of the impressions that
-    still count, for inspection and tests: O(users).
-    """
-
-    __slots__ = ("users", "horizon", "n_entries", "max_entries")
-
-    def __init__(self, max_entries: int):
-        # user -> entries, in the order of the users' latest impression (oldest first)
-        self.users: OrderedDict[str, tuple] = OrderedDict()
-        self.horizon = _INT64_MIN
-        self.n_entries = 0
-        self.max_entries = max_entries
-
-    def entries(self, key: str | None) -> tuple:
-        """The user's impressions that still count (an immutable tuple: no lock to read)."""
-        v = self.users.get(key) if key is not None else None
-        if not v:
-            return ()
-        h = self.horizon
-        return v if min(v)[0] > h else tuple(e for e in v if e[0] > h)
-
-    def record(self, key: str, entry: tuple, max_window: int, now_ms: int) -> bool:
-        """Add one impression (under the engine's runtime lock); returns whether a user whose
-        impressions still counted was forgotten (the size bound)."""
-        h = min(entry[0], now_ms) - max_window
-        if h > self.horizon:
-            self.horizon = h
-        users = self.users
-        old = users.get(key)
-        if old is None:
-            new = (entry,)
-        else:
-            self.n_entries -= len(old)
-            if min(old)[0] <= self.horizon:
-                old = tuple(e for e in old if e[0] > self.horizon)
-            new = old + (entry,)
-        users[key] = new
-        users.move_to_end(key)
-        self.n_entries += len(new)
-        return self.sweep(_SWEEP)
-
-    def put(self, key: str, entries: tuple) -> None:
-        """Set a user's impressions as the most recently recorded (a replay's write-back)."""
-        users = self.users
-        old = users.get(key)
-        if old is not None:
-            self.n_entries -= len(old)
-        users[key] = entries
-        users.move_to_end(key)
-        self.n_entries += len(entries)
-
-    def sweep(self, k: int) -> bool:
-        """Drop up to ``k`` users at the front whose impressions are all past the horizon,
-        then forget users from the front while over ``max_entries``; returns whether a user
-        whose impressions still counted was forgotten."""
-        users, h = self.users, self.horizon
-        for _ in range(k):
-            if not users:
-                break
-            key = next(iter(users))
-            v = users[key]
-            if max(v)[0] > h:
-                break
-            del users[key]
-            self.n_entries -= len(v)
-        forgot = False
-        while self.n_entries > self.max_entries and users:
-            _key, v = users.popitem(last=False)
-            self.n_entries -= len(v)
-            forgot = forgot or max(v)[0] > h
-        return forgot
-
-    def pop(self, key: str | None) -> None:
-        v = self.users.pop(key, None) if key is not None else None
-        if v is not None:
-            self.n_entries -= len(v)
-
-    # views of the impressions that still count (inspection and tests)
-    def live(self) -> dict[str, tuple]:
-        return {k: v for k in self.users if (v := self.entries(k))}
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, _CapHistory):
-            return self.live() == other.live()
-        if isinstance(other, Mapping):
-            return self.live() == dict(other)
-        return NotImplemented
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __contains__(self, user: object) -> bool:
-        return bool(self.entries(canonical_id(user)))
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.live())
-
-    def __len__(self) -> int:
-        return len(self.live())
-
-    def __repr__(self) -> str:
-        return (f"_CapHistory({len(self.users)} users, {self.n_entries} impressions, "
-                f"horizon {self.horizon})")
-
-#: The clock of pending decisions' time to live (a module name, so tests can drive it).
-_monotonic = time.monotonic
-
-
-class Delivery:
-    """An Engine's delivery state, in one object with one representation: spend per campaign
-    (one array, a slot per campaign id that survives swaps), the frequency-cap history
-    (:class:`_CapHistory`) and the decisions pending a win notice (``count_on="win"``).
-
-    Its interface is what ``decide``, the replay and the win notices use, and what a shared
-    (fleet) implementation must provide:
-
-    - ``slots(campaign_ids)``: each campaign's slot in ``spend_arr`` (new ids get one);
-    - ``record(ukey, ts, campaign, creative_id, price, max_window)``: count an impression;
-    - ``hold(request_id, ...)`` / ``take(request_id)`` / ``drop(request_id)``: a decision
-      pending its win notice, the win, the loss; ``n_pending``, ``n_expired``;
-    - ``spend()``, ``erase(ukey)``;
-    - for a replay's sequential pass: ``lock`` (held while it reads and writes), ``spend_arr``,
-      ``history`` and ``version`` (bumped under ``lock`` at every change of the history, so
-      a replay keeps its copy across chunks only while no one else changed it).
-    """
-
-    def __init__(self, max_history_entries: int, pending_ttl_s: float, max_pending: int):
-        self.lock = threading.Lock()
-        self.slot: dict[str, int] = {}
-        self.spend_arr = np.zeros(0, dtype=np.float64)
-        self.history = _CapHistory(int(max_history_entries))
-        self.version = 0
-        self.pending_ttl_s = float(pending_ttl_s)
-        self.max_pending = int(max_pending)
-        # request id -> (deadline, user key, ts, campaign, creative id, price, max cap window);
-        # insertion order is deadline order (one TTL), so expiry pops from the front
-        self._pending: OrderedDict[str, tuple] = OrderedDict()
-        self._pending_lock = threading.Lock()
-        self.n_expired = 0
-
-    def slots(self, campaign_ids: Sequence[str]) -> np.ndarray:
-        with self.lock:
-            for cid in campaign_ids:
-                self.slot.setdefault(cid, len(self.slot))
-            if self.spend_arr.shape[0] < len(self.slot):
-                grown = np.zeros(len(self.slot), dtype=np.float64)
-                grown[: self.spend_arr.shape[0]] = self.spend_arr
-                self.spend_arr = grown
-        return np.array([self.slot[c] for c in campaign_ids], dtype=np.int64)
-
-    def record(self, ukey, ts, campaign, creative_id, price, max_window) -> None:
-        with self.lock:
-            self.spend_arr[self.slot[campaign.id]] += price / 1000.0
-            if max_window and ukey is not None and campaign.caps:
-                self.history.record(ukey, (ts, campaign.id, creative_id), max_window,
-                                    _now_ms())
-                self.version += 1
-
-    def spend(self) -> dict[str, float]:
-        with self.lock:
-            return {cid: float(self.spend_arr[i]) for cid, i in self.slot.items()
-                    if self.spend_arr[i] != 0.0}
-
-    def erase(self, key: str) -> None:
-        with self.lock:
-            self.history.pop(key)
-            self.version += 1
-        with self._pending_lock:
-            gone = [rid for rid, entry in self._pending.items() if entry[1] == key]
-            for rid in gone:
-                del self._pending[rid]
-
-    def hold(self, request_id, ukey, ts, campaign, creative_id, price, max_window) -> None:
-        with self._pending_lock:
-            self._expire_locked()
-            self._pending.pop(request_id, None)  # a repeated id: the latest decision counts
-            self._pending[request_id] = (_monotonic() + self.pending_ttl_s, ukey, ts,
-                                         campaign, creative_id, price, max_window)
-            while len(self._pending) > self.max_pending:
-                self._pending.popitem(last=False)
-                self.n_expired += 1
-
-    def take(self, request_id: Any) -> tuple | None:
-        """The pending decision of ``request_id`` (removed), or None."""
-        with self._pending_lock:
-            self._expire_locked()
-            return self._pending.pop(request_id, None) if isinstance(request_id, str) else None
-
-    def drop(self, request_id: Any) -> bool:
-        return self.take(request_id) is not None
-
-    @property
-    def n_pending(self) -> int:
-        with self._pending_lock:
-            self._expire_locked()
-            return len(self._pending)
-
-    def _expire_locked(self) -> None:
-        now = _monotonic()
-        pending = self._pending
-        while pending:
-            rid = next(iter(pending))
-            if pending[rid][0] > now:
-                break
-            del pending[rid]
-            self.n_expired += 1
-
 
 
 class Engine:
@@ -835,7 +476,6 @@ class Engine:
         if not (isinstance(chunk_size, (int, np.integer)) and not isinstance(chunk_size, bool)
                 and chunk_size >= 1):
             raise ConfigError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
-        from bta.serve._replay import decide_batch  # the replay needs this module's names
 
         return decide_batch(self, requests, int(chunk_size))
 
@@ -900,7 +540,7 @@ class Engine:
 
     # the delivery state's history, for inspection (tests)
     @property
-    def _history(self) -> "_CapHistory":
+    def _history(self) -> _CapHistory:
         return self.delivery.history
 
     @property
@@ -1095,51 +735,3 @@ class Engine:
         return self
 
 
-def ctx_mask(snap: _Snapshot, ctx: tuple) -> np.ndarray | None:
-    """Campaigns whose context targeting the request's context meets (None: all), cached
-    per distinct context in the snapshot (a request and a replay)."""
-    if not snap.has_context:
-        return None
-    mask = snap.ctx_cache.get(ctx)
-    if mask is None:
-        mask = context_mask(snap.contexts, ctx)
-        snap.ctx_cache.put(ctx, mask)
-    return mask
-
-
-def _segments_for(profile: Profile, names: tuple[str, ...]) -> np.ndarray:
-    """The profile's segment flags in the order the snapshot's rules were packed against."""
-    have = profile.segment_names
-    if have is None or have is names or have == names:
-        if profile.segments.shape[0] == len(names):
-            return profile.segments
-        return np.zeros(len(names), dtype=bool)
-    # the store's book changed since the last swap(): match by name, unknown names are False
-    pos = {n: i for i, n in enumerate(have)}
-    out = np.zeros(len(names), dtype=bool)
-    for j, n in enumerate(names):
-        i = pos.get(n)
-        if i is not None and i < profile.segments.shape[0]:
-            out[j] = profile.segments[i]
-    return out
-
-
-def _pack(compiled: list, seg_names: tuple[str, ...]) -> tuple:
-    """Concatenate compiled rules' arrays with offsets for :func:`K.eval_rules`."""
-    def offsets(parts):
-        return np.concatenate([[0], np.cumsum([len(p) for p in parts])]).astype(np.int64)
-
-    codes = [r.code for r in compiled]
-    consts = [r.consts for r in compiled]
-    cols = [r.columns for r in compiled]
-    nan_abs = [r.nan_absent for r in compiled]
-    segs = [np.array([seg_names.index(s) if s in seg_names else -1 for s in r.segments],
-                     dtype=np.int64) for r in compiled]
-    cat = (lambda parts, dt, shape=(0,): np.ascontiguousarray(np.concatenate(parts))
-           if parts else np.zeros(shape, dtype=dt))
-    return (cat(codes, np.int64, (0, 2)).astype(np.int64), offsets(codes),
-            cat(consts, np.float64).astype(np.float64), offsets(consts),
-            cat(cols, np.int64).astype(np.int64), offsets(cols),
-            cat(nan_abs, bool).astype(np.bool_),
-            cat(segs, np.int64).astype(np.int64), offsets(segs),
-            np.array([r.stack_size for r in compiled], dtype=np.int64))
