@@ -669,6 +669,51 @@ def test_blocks_give_the_same_answer_as_one_block(monkeypatch):
                                   .isna().to_numpy())
 
 
+
+@SETTINGS
+@given(trees=st.lists(conditions, min_size=1, max_size=6), cells=matrices, data=st.data())
+def test_packed_rules_equal_each_rule_alone(trees, cells, data):
+    # the serving path: every rule packed into one PackedRules, evaluated in one eval_rules
+    # call per user (and one eval_rules_batch call), equals each compiled rule on its own;
+    # "seg_a" is unknown to the store's segments (read as not a member)
+    from bta.segment.rules.kernels import PackedRules, pack_rules
+    from bta.serve import _kernels as serve_kernels
+
+    fm = make_fm(cells)
+    store_segments = ("seg_b", "seg_c")
+    compiled = [RuleSegment(f"r{i}", str(t)).compile(fm) for i, t in enumerate(trees)]
+    packed = pack_rules(compiled, store_segments)
+    assert isinstance(packed, PackedRules)
+    assert packed.code_offsets[-1] == packed.code.shape[0]
+    assert packed.stack_sizes.tolist() == [r.stack_size for r in compiled]
+    flags = np.array(data.draw(st.lists(st.booleans(), min_size=fm.n_users * 2,
+                                        max_size=fm.n_users * 2)), dtype=bool)
+    flags = flags.reshape(fm.n_users, 2)
+    X = fm.X
+    batch = np.zeros((fm.n_users, len(compiled)), dtype=bool)
+    indices = X.indices.astype(np.int32)
+    serve_kernels.eval_rules_batch(packed, flags, X.indptr.astype(np.int64), indices, X.data,
+                                   np.int64(len(NAMES)), batch)
+    for i in range(fm.n_users):
+        lo, hi = X.indptr[i], X.indptr[i + 1]
+        member_of = {s for s, f in zip(store_segments, flags[i]) if f}
+        expected = [r.evaluate_row(X.indices[lo:hi], X.data[lo:hi], member_of) for r in compiled]
+        one = np.zeros(len(compiled), dtype=bool)
+        serve_kernels.eval_rules(packed, flags[i], indices[lo:hi], X.data[lo:hi],
+                                 np.int64(len(NAMES)), one)
+        assert one.tolist() == expected, [str(t) for t in trees]
+        assert batch[i].tolist() == expected
+
+
+def test_pack_rules_of_no_rules_is_empty():
+    from bta.segment.rules.kernels import pack_rules
+
+    packed = pack_rules([], ("seg_a",))
+    assert packed.code.shape == (0, 2) and packed.code.dtype == np.int64
+    assert packed.code_offsets.tolist() == [0]
+    assert packed.stack_sizes.shape == (0,)
+    assert packed.nan_absent.dtype == np.bool_
+
 def test_rules_on_simulated_features():
     from bta.events import EventLog
     from bta.features import build_features

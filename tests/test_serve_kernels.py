@@ -157,3 +157,12 @@ def test_csr_row_flags_marks_the_rows_columns():
         out = np.zeros(4, dtype=bool)
         K.csr_row_flags(M.indptr, M.indices, r, out)
         np.testing.assert_array_equal(out, M.toarray()[r])
+
+
+def test_policy_kinds_are_the_kernels_named_kinds():
+    # the compiled choice (K._policy) branches on K.POLICY_*; each built-in policy carries its
+    # kind, and decide_batch passes it on, so the two must name the same numbers
+    assert Greedy().kind == K.POLICY_GREEDY
+    assert EpsilonGreedy(0.1).kind == K.POLICY_EPSILON_GREEDY
+    assert Softmax().kind == K.POLICY_SOFTMAX
+    assert Uniform().kind == K.POLICY_UNIFORM

@@ -17,6 +17,7 @@ from bta.segment.rules.kernels import run_code
 
 __all__ = ["CampaignTable", "CapTable", "HistoryLists", "ReplayOut", "MODE_TARGETED",
            "MODE_UNTARGETED", "MODE_UNRECORDED", "PATH_TARGETED", "PATH_UNTARGETED",
+           "POLICY_GREEDY", "POLICY_EPSILON_GREEDY", "POLICY_SOFTMAX", "POLICY_UNIFORM",
            "capped_one", "creatives_ok", "eval_rules", "eval_rules_batch", "eligible_one",
            "scatter_row", "score_choose", "hash_key", "hash_units", "arm_code", "arm_codes",
            "softmax_choose", "replay", "all_finite", "finite_rows"]
@@ -86,17 +87,19 @@ class HistoryLists(NamedTuple):
 
 
 @serving_jit()
-def eval_rules(code, code_off, consts, consts_off, columns, col_off, nan_absent, seg_map,
-               seg_off, stack_sizes, user_segments, indices, values, n_features, out):
-    """``out[r]`` = whether rule ``r`` holds for the user (packed rules, one kernel call).
+def eval_rules(rules, user_segments, indices, values, n_features, out):
+    """OUT ``out[r]``: whether rule ``r`` of ``rules`` (IN,
+    :class:`~bta.segment.rules.kernels.PackedRules`) holds for the user (one kernel call for
+    every rule).
 
-    Rule ``r`` owns ``code[code_off[r]:code_off[r+1]]`` and likewise for its constants, feature
-    columns and segment slots; ``seg_map`` maps a rule's segment slots to positions in
-    ``user_segments`` (-1: segment unknown to the store, read as not a member). The user's
-    entries are scattered once into a dense row, so each rule reads its columns directly
-    (hundreds of rules per request: no per-rule search through the profile).
+    IN: the user's stored entries ``(indices, values)``, its segment flags ``user_segments``
+    (which ``rules.segment_index`` points into; -1: a segment unknown to the store, read as
+    not a member) and the store's ``n_features``. The user's entries are scattered once into
+    a dense row, so each rule reads its columns directly (hundreds of rules per request: no
+    per-rule search through the profile).
     """
     n_rules = out.shape[0]
+    column_offsets = rules.column_offsets
     dense = np.zeros(n_features)
     present = np.zeros(n_features, dtype=np.bool_)
     for k in range(indices.shape[0]):
@@ -107,45 +110,45 @@ def eval_rules(code, code_off, consts, consts_off, columns, col_off, nan_absent,
     max_slots = 1
     max_stack = 1
     for r in range(n_rules):
-        max_slots = max(max_slots, col_off[r + 1] - col_off[r])
-        max_stack = max(max_stack, stack_sizes[r])
+        max_slots = max(max_slots, column_offsets[r + 1] - column_offsets[r])
+        max_stack = max(max_stack, rules.stack_sizes[r])
     local = np.empty(max_slots)
     stack = np.empty(max_stack)
-    # every rule's segment slots at once; rule r reads its own from seg_off[r]
-    flags = np.zeros(max(seg_map.shape[0], 1), dtype=np.bool_)
-    for k in range(seg_map.shape[0]):
-        m = seg_map[k]
-        flags[k] = m >= 0 and user_segments[m]
+    # every rule's segment slots at once; rule r reads its own from segment_offsets[r]
+    segment_index = rules.segment_index
+    slot_flags = np.zeros(max(segment_index.shape[0], 1), dtype=np.bool_)
+    for k in range(segment_index.shape[0]):
+        pos = segment_index[k]
+        slot_flags[k] = pos >= 0 and user_segments[pos]
     for r in range(n_rules):
-        c0 = col_off[r]
-        n_slots = col_off[r + 1] - c0
+        first_slot = column_offsets[r]
+        n_slots = column_offsets[r + 1] - first_slot
         for s in range(n_slots):
-            j = columns[c0 + s]
+            j = rules.columns[first_slot + s]
             if present[j]:
                 local[s] = dense[j]
-            elif nan_absent[c0 + s]:
+            elif rules.nan_absent[first_slot + s]:
                 local[s] = np.nan
             else:
                 local[s] = 0.0
-        out[r] = run_code(code, code_off[r], code_off[r + 1], consts, consts_off[r], local,
-                          flags, seg_off[r], stack)
+        out[r] = run_code(rules.code, rules.code_offsets[r], rules.code_offsets[r + 1],
+                          rules.consts, rules.const_offsets[r], local, slot_flags,
+                          rules.segment_offsets[r], stack)
 
 
 @serving_jit()
-def eval_rules_batch(code, code_off, consts, consts_off, columns, col_off, nan_absent, seg_map,
-                     seg_off, stack_sizes, segments, indptr, indices, values, n_features, out):
-    """:func:`eval_rules` for many profiles: ``out[p, r]`` = rule ``r`` on profile ``p``.
+def eval_rules_batch(rules, segments, indptr, indices, values, n_features, out):
+    """:func:`eval_rules` for many profiles: OUT ``out[p, r]`` = rule ``r`` of ``rules``
+    (IN, :class:`~bta.segment.rules.kernels.PackedRules`) on profile ``p``.
 
-    Profile ``p`` owns ``indices[indptr[p]:indptr[p+1]]`` (and the same ``values``) and segment
-    flags ``segments[p]``. Each row goes through :func:`eval_rules` itself, so a replay
-    evaluates targeting exactly as a request does.
+    IN: profile ``p`` owns ``indices[indptr[p]:indptr[p+1]]`` (and the same ``values``) and
+    segment flags ``segments[p]``. Each row goes through :func:`eval_rules` itself, so a
+    replay evaluates targeting exactly as a request does.
     """
     for p in range(out.shape[0]):
-        a = indptr[p]
-        b = indptr[p + 1]
-        eval_rules(code, code_off, consts, consts_off, columns, col_off, nan_absent, seg_map,
-                   seg_off, stack_sizes, segments[p], indices[a:b], values[a:b], n_features,
-                   out[p])
+        start = indptr[p]
+        end = indptr[p + 1]
+        eval_rules(rules, segments[p], indices[start:end], values[start:end], n_features, out[p])
 
 
 # ---- BLAKE2b-64: hash_unit for many keys at once ----------------------------------------------
@@ -329,21 +332,31 @@ def _argmax(x, n):
     return best
 
 
+#: policy kinds of the compiled choice (:func:`_policy`): each built-in policy of
+#: :mod:`bta.serve.policy` carries its own as ``kind``
+POLICY_GREEDY = 0
+POLICY_EPSILON_GREEDY = 1
+POLICY_SOFTMAX = 2
+POLICY_UNIFORM = 3
+
+
 @exact_jit()
 def _policy(kind, param, scores, n, u, p):
-    """The choice of :mod:`bta.serve.policy` (0 greedy, 1 epsilon-greedy, 2 softmax,
-    3 uniform) among ``scores[:n]``, written with the same operations in the same order."""
-    if kind == 0:
+    """The choice of :mod:`bta.serve.policy` (:data:`POLICY_GREEDY`,
+    :data:`POLICY_EPSILON_GREEDY`, :data:`POLICY_SOFTMAX`, :data:`POLICY_UNIFORM`) among
+    ``scores[:n]`` (IN), written with the same operations in the same order; ``p`` is
+    scratch. Returns (position, probability)."""
+    if kind == POLICY_GREEDY:
         return _argmax(scores, n), 1.0
-    if kind == 1:
+    if kind == POLICY_EPSILON_GREEDY:
         best = _argmax(scores, n)
         a = best
         if u < param:
             a = min(int(u / param * n), n - 1)
         return a, param / n + (1.0 - param) * (1.0 if a == best else 0.0)
-    if kind == 2:
+    if kind == POLICY_SOFTMAX:
         return softmax_choose(scores[:n], param, u, p[:n])
-    return min(int(u * n), n - 1), 1.0 / n
+    return min(int(u * n), n - 1), 1.0 / n  # POLICY_UNIFORM
 
 
 # ---- one request (Engine.decide) ----------------------------------------------------------------
@@ -561,35 +574,37 @@ def capped_one(t, caps, hist, horizon, capped, ks):
 
 
 @exact_jit()
-def replay(mode, reason, ts, ucode, ctx, prow, rid_data, rid_off, pre_choose, pre_cre, n_house,
-           ctx_ok, hits, ctr, camps, is_cpm, bid, caps, any_caps, max_window, pol,
-           pol_param, count, to_no_fill, r_no_eligible, r_no_fill, spend, head, tail, hist,
-           ev_lab, n_ev, horizon, now_ms, out):
+def replay(mode, reason, ts, user_index, context_row, profile_row, rid_data, rid_off,
+           choose_prefix, creative_prefix, n_house, ctx_ok, hits, ctr, camps, is_cpm, bid, caps,
+           any_caps, max_window, policy_kind, policy_param, count, to_no_fill,
+           reason_no_eligible, reason_no_fill, spend, head, tail, hist, ev_lab, n_ev, horizon,
+           now_ms, out):
     """Budgets, pacing, caps and the choice for each request in order (the Engine's state).
 
-    IN, per request: ``mode`` (:data:`MODE_TARGETED`: profile row ``prow``;
+    IN, per request: ``mode`` (:data:`MODE_TARGETED`: profile row ``profile_row``;
     :data:`MODE_UNTARGETED`: untargeted for ``reason``; :data:`MODE_UNRECORDED`: untargeted
-    and not counted, a malformed request), ``ts``, ``ucode`` (the user's history list),
-    ``ctx`` (row of ``ctx_ok``), the request ids (``rid_data[rid_off[i]:rid_off[i+1]]``,
-    UTF-8, hashed with the ``choose`` / ``creative`` prefixes only where a choice reads
-    them). IN, per profile row: ``hits`` (rule hits), ``ctr`` (scorer click probabilities).
-    IN, per campaign: the flight, budget, targeting and price arrays, ``caps``
-    (:class:`CapTable`); ``pol``/``pol_param``: policy kind and parameter for [targeted,
-    untargeted] choices. IN and OUT, updated as :meth:`Delivery.record` would: ``spend``, the
-    users' lists (``head``, ``tail``, ``hist``: :class:`HistoryLists`; ``ev_lab`` the
-    (campaign, creative) label of each impression, ``n_ev[0]`` the entries used) and the
-    history's horizon (``horizon[0]``; ``now_ms`` the wall clock it never passes). OUT:
-    ``out`` (:class:`ReplayOut`); ``out.camp[i] = -1`` is the house ad (creative
+    and not counted, a malformed request), ``ts``, ``user_index`` (the user's history list:
+    its entry of ``head`` and ``tail``), ``context_row`` (row of ``ctx_ok``), the request ids
+    (``rid_data[rid_off[i]:rid_off[i+1]]``, UTF-8, hashed with ``choose_prefix`` /
+    ``creative_prefix`` only where a choice reads them). IN, per profile row: ``hits`` (rule
+    hits), ``ctr`` (scorer click probabilities). IN, per campaign: the flight, budget,
+    targeting and price arrays, ``caps`` (:class:`CapTable`); ``policy_kind`` /
+    ``policy_param``: policy kind (``POLICY_*``) and parameter for [targeted, untargeted]
+    choices. IN and OUT, updated as :meth:`Delivery.record` would: ``spend``, the users'
+    lists (``head``, ``tail``, ``hist``: :class:`HistoryLists`; ``ev_lab`` the (campaign,
+    creative) label of each impression, ``n_ev[0]`` the entries used) and the history's
+    horizon (``horizon[0]``; ``now_ms`` the wall clock it never passes). OUT: ``out``
+    (:class:`ReplayOut`); ``out.camp[i] = -1`` is the house ad (creative
     ``out.k[i]`` of ``n_house``).
     """
-    hh = np.empty(8, dtype=np.uint64)
-    hm = np.empty(16, dtype=np.uint64)
-    hblock = np.zeros(128, dtype=np.uint8)
+    hash_state = np.empty(8, dtype=np.uint64)
+    hash_words = np.empty(16, dtype=np.uint64)
+    hash_block = np.zeros(128, dtype=np.uint8)
     n_c = camps.start.shape[0]
     ok = np.zeros(n_c, dtype=np.bool_)
     cand = np.empty(n_c, dtype=np.int64)
     sc = np.empty(n_c)
-    p_buf = np.empty(n_c)
+    p_scratch = np.empty(n_c)
     seen = np.full(n_c, -1, dtype=np.int64)
     no_hits = np.zeros(1, dtype=np.bool_)  # the untargeted path reads no profile
     no_ctr = np.zeros(1)
@@ -599,22 +614,22 @@ def replay(mode, reason, ts, ucode, ctx, prow, rid_data, rid_off, pre_choose, pr
     ks = np.empty(max_k, dtype=np.int64)
     for i in range(mode.shape[0]):
         t = ts[i]
-        u = ucode[i] if mode[i] != MODE_UNRECORDED else -1
-        _open(t, ctx_ok[ctx[i]], camps, spend, ok)
-        h = head[u] if u >= 0 else -1
-        if any_caps and h >= 0:
-            _apply_caps(t, h, caps, hist, horizon[0], ok, seen, i, ks)
-        r = reason[i]
+        u = user_index[i] if mode[i] != MODE_UNRECORDED else -1
+        _open(t, ctx_ok[context_row[i]], camps, spend, ok)
+        user_head = head[u] if u >= 0 else -1
+        if any_caps and user_head >= 0:
+            _apply_caps(t, user_head, caps, hist, horizon[0], ok, seen, i, ks)
+        reason_code = reason[i]
         path = PATH_UNTARGETED
         n = 0
         if mode[i] == MODE_TARGETED:
-            q = prow[i]
-            n = _candidates(PATH_TARGETED, ok, camps.targeted, camps.rule, hits[q], cand)
+            row = profile_row[i]
+            n = _candidates(PATH_TARGETED, ok, camps.targeted, camps.rule, hits[row], cand)
             if n > 0:
                 path = PATH_TARGETED
-                _score(cand, n, path, camps, ctr[q], sc)
+                _score(cand, n, path, camps, ctr[row], sc)
             else:
-                r = r_no_eligible
+                reason_code = reason_no_eligible
         if path == PATH_UNTARGETED:
             n = _candidates(path, ok, camps.targeted, camps.rule, no_hits, cand)
             _score(cand, n, path, camps, no_ctr, sc)
@@ -623,30 +638,34 @@ def replay(mode, reason, ts, ucode, ctx, prow, rid_data, rid_off, pre_choose, pr
         out.record[i] = False
         out.n_eligible[i] = 0
         if n > 0:
-            u_c = 0.0
-            if pol[path] != 0 and n > 1:  # greedy never reads it; one candidate needs none
-                u_c = _hash_one(pre_choose, rid_data, rid_off[i], rid_off[i + 1], hh, hm, hblock)
-            a, p = _policy(pol[path], pol_param[path], sc, n, u_c, p_buf)
+            u_choose = 0.0
+            # greedy never reads it; one candidate needs none
+            if policy_kind[path] != POLICY_GREEDY and n > 1:
+                u_choose = _hash_one(choose_prefix, rid_data, rid_off[i], rid_off[i + 1],
+                                     hash_state, hash_words, hash_block)
+            a, p = _policy(policy_kind[path], policy_param[path], sc, n, u_choose, p_scratch)
             c = cand[a]
             if mode[i] == MODE_UNRECORDED:
-                nk = caps.cre_off[c + 1] - caps.cre_off[c]
-                for k in range(nk):
+                n_creatives = caps.cre_off[c + 1] - caps.cre_off[c]
+                for k in range(n_creatives):
                     ks[k] = k
             else:
-                nk = creatives_ok(c, t, h if any_caps else -1, caps, hist, horizon[0], ks)
+                n_creatives = creatives_ok(c, t, user_head if any_caps else -1, caps, hist,
+                                           horizon[0], ks)
             out.n_eligible[i] = n
-            if nk > 0:
+            if n_creatives > 0:
                 k = ks[0]
-                if nk > 1:
-                    v = _hash_one(pre_cre, rid_data, rid_off[i], rid_off[i + 1], hh, hm, hblock)
-                    k = ks[min(int(v * nk), nk - 1)]
+                if n_creatives > 1:
+                    v = _hash_one(creative_prefix, rid_data, rid_off[i], rid_off[i + 1],
+                                  hash_state, hash_words, hash_block)
+                    k = ks[min(int(v * n_creatives), n_creatives - 1)]
                 price = bid[c] if is_cpm[c] else sc[a]
                 out.camp[i] = c
                 out.k[i] = k
-                out.prop[i] = p / nk
+                out.prop[i] = p / n_creatives
                 out.score[i] = sc[a]
                 out.price[i] = price
-                out.reason[i] = r
+                out.reason[i] = reason_code
                 if mode[i] != MODE_UNRECORDED:
                     out.record[i] = True
                     if count:
@@ -672,9 +691,10 @@ def replay(mode, reason, ts, ucode, ctx, prow, rid_data, rid_off, pre_choose, pr
                             if head[u] < 0:
                                 tail[u] = -1
         if out.camp[i] < 0:  # the house ad; its price and score are filled by the caller
-            out.reason[i] = r_no_fill if to_no_fill[r] else r
+            out.reason[i] = reason_no_fill if to_no_fill[reason_code] else reason_code
             out.targeted[i] = False
             out.k[i] = 0
             if n_house > 1:
-                v = _hash_one(pre_cre, rid_data, rid_off[i], rid_off[i + 1], hh, hm, hblock)
+                v = _hash_one(creative_prefix, rid_data, rid_off[i], rid_off[i + 1], hash_state,
+                              hash_words, hash_block)
                 out.k[i] = min(int(v * n_house), n_house - 1)

@@ -352,7 +352,7 @@ def _run_chunk(engine: Engine, snap: _Snapshot, plan: _Plan, table: "_ProfileTab
         reason[i] = _gate_code(privacy.serving_gate(users[i], cols.consent[i]))
     # profiles: the request's own, else the store's (each distinct (user, ts) read once)
     need = np.flatnonzero(reason == _REASON_CODE["targeted"])
-    prow = np.full(n, -1, dtype=np.int64)
+    profile_row = np.full(n, -1, dtype=np.int64)
     table.begin(n)
     if cols.profile is not None:
         own = [i for i in need.tolist() if cols.profile[i] is not None]
@@ -362,23 +362,23 @@ def _run_chunk(engine: Engine, snap: _Snapshot, plan: _Plan, table: "_ProfileTab
             except Exception:  # noqa: BLE001 - as decide: a malformed profile falls back
                 reason[i] = _REASON_CODE["fallback:bad_profile"]
                 continue
-            prow[i] = table.add_own(p)
+            profile_row[i] = table.add_own(p)
         need = np.array([i for i in need.tolist() if cols.profile[i] is None], dtype=np.int64)
     if len(need):
         got = table.lookup(users[need], cols.ts[need])
-        prow[need] = np.maximum(got, -1)
+        profile_row[need] = np.maximum(got, -1)
         reason[need[got == _NO_PROFILE]] = _REASON_CODE["fallback:no_profile"]
         reason[need[got == _FAILED]] = _REASON_CODE["fallback:store_error"]
     table.score()
     # a profile with a NaN or infinite value (carried or stored): as decide, the one rule
     # (K.all_finite) applied in the table
-    has = np.flatnonzero(prow >= 0)
-    nonfinite = has[~table.finite[prow[has]]]
+    has = np.flatnonzero(profile_row >= 0)
+    nonfinite = has[~table.finite[profile_row[has]]]
     reason[nonfinite] = _REASON_CODE["fallback:bad_profile"]
-    prow[nonfinite] = -1
+    profile_row[nonfinite] = -1
     hits, ctr = table.hits, table.ctr
     mode = np.where(cols.bad, K.MODE_UNRECORDED, K.MODE_UNTARGETED).astype(np.int8)
-    mode[prow >= 0] = K.MODE_TARGETED
+    mode[profile_row >= 0] = K.MODE_TARGETED
     # context table and hashes of the request ids
     n_c = len(snap.campaigns)
     if snap.has_context:
@@ -397,7 +397,7 @@ def _run_chunk(engine: Engine, snap: _Snapshot, plan: _Plan, table: "_ProfileTab
     with engine.delivery.lock:
         hist.begin(cols, n)
         horizon[0] = engine.delivery.history.horizon
-        K.replay(mode, reason, cols.ts, hist.ucode, cols.ctx, prow, rid_data, rid_off,
+        K.replay(mode, reason, cols.ts, hist.ucode, cols.ctx, profile_row, rid_data, rid_off,
                  _bytes(f"{snap.version}:choose:"), _bytes(f"{snap.version}:creative:"),
                  np.int64(plan.n_house), ctx_ok,
                  hits, ctr, snap.camps, plan.is_cpm, snap.bid, snap.caps, plan.any_caps,
@@ -410,30 +410,30 @@ def _run_chunk(engine: Engine, snap: _Snapshot, plan: _Plan, table: "_ProfileTab
             engine.delivery.history.horizon = int(horizon[0])
             hist.write_back(out.record & (out.camp >= 0)
                             & snap.has_caps[np.maximum(out.camp, 0)] & (hist.ucode >= 0))
-    o_camp, o_k, o_targeted, o_prop, o_nel, o_score, o_reason, o_price, o_record = out
     # the house ad where nothing (else) served
-    house = o_camp < 0
+    house = out.camp < 0
     n_cur = int(plan.cre_off[-1])
-    cre = np.where(house, n_cur + o_k, plan.cre_off[np.maximum(o_camp, 0)] + o_k)
-    o_prop[house] = 1.0 / plan.n_house
-    o_score[house] = snap.house_score
-    o_price[house] = snap.house_price
+    cre = np.where(house, n_cur + out.k, plan.cre_off[np.maximum(out.camp, 0)] + out.k)
+    out.prop[house] = 1.0 / plan.n_house
+    out.score[house] = snap.house_score
+    out.price[house] = snap.house_price
     if not count:
-        rec = np.flatnonzero(o_record & ~house)[-engine.delivery.max_pending:]
+        rec = np.flatnonzero(out.record & ~house)[-engine.delivery.max_pending:]
         for i in rec.tolist():
-            c = snap.campaigns[o_camp[i]]
+            c = snap.campaigns[out.camp[i]]
             engine.delivery.hold(cols.rid[i], ukeys[i], int(cols.ts[i]), c,
-                                 plan.creative_ids[cre[i]], float(o_price[i]),
+                                 plan.creative_ids[cre[i]], float(out.price[i]),
                                  snap.max_cap_window)
     text = (cols.rid,
             _take(arm_names, arm), _take(plan.creative_ids, cre),
-            _take(plan.campaign_ids, np.where(house, n_c, o_camp)),
-            _take([snap.version], np.zeros(n, dtype=np.int64)), _take(REASONS, o_reason))
+            _take(plan.campaign_ids, np.where(house, n_c, out.camp)),
+            _take([snap.version], np.zeros(n, dtype=np.int64)), _take(REASONS, out.reason))
     rid, arm_t, creative, campaign, version, reason_t = text
     return decision_columns_frame({
         "ts": cols.ts, "request_id": rid, "user_id": cols.ukey, "arm": arm_t,
-        "creative_id": creative, "campaign_id": campaign, "targeted": o_targeted,
-        "propensity": o_prop, "n_eligible": o_nel, "score": o_score, "price": o_price,
+        "creative_id": creative, "campaign_id": campaign, "targeted": out.targeted,
+        "propensity": out.prop, "n_eligible": out.n_eligible, "score": out.score,
+        "price": out.price,
         "policy_version": version, "reason": reason_t})
 
 
@@ -593,9 +593,7 @@ class _ProfileTable:
         if snap.n_rules:
             segs = np.concatenate([part[3] for part in new]) if len(new) > 1 else new[0][3]
             segs = np.ascontiguousarray(segs, dtype=bool)
-            R = snap.rules
-            K.eval_rules_batch(R[0], R[1], R[2], R[3], R[4], R[5], R[6], R[7], R[8], R[9],
-                               segs, indptr, indices, values,
+            K.eval_rules_batch(snap.rules, segs, indptr, indices, values,
                                np.int64(len(self.engine.store.feature_names)),
                                self.hits[n_old:])
         for s, sc in enumerate(snap.scorers):

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from bta.privacy import PrivacyPolicy
+from bta.segment.rules.kernels import PackedRules
 from bta.serve import _kernels as K
 from bta.serve._request import context_key_chars, context_mask
 from bta.serve.campaigns import Campaign
@@ -59,8 +60,7 @@ class _Snapshot:
     camps: K.CampaignTable  # what the decision's steps read per campaign
     caps: K.CapTable  # creatives and frequency caps as flat arrays
     cre_code: dict  # creative id -> its code in caps (what the creative caps compare)
-    # packed rules
-    rules: tuple
+    rules: PackedRules  # the distinct targeting rules (campaign c: rule_of[c]), K.eval_rules
     n_rules: int
     # scorers
     scorers: tuple
@@ -182,24 +182,3 @@ def _segments_for(profile: Profile, names: tuple[str, ...]) -> np.ndarray:
         if i is not None and i < profile.segments.shape[0]:
             out[j] = profile.segments[i]
     return out
-
-
-def _pack(compiled: list, seg_names: tuple[str, ...]) -> tuple:
-    """Concatenate compiled rules' arrays with offsets for :func:`K.eval_rules`."""
-    def offsets(parts):
-        return np.concatenate([[0], np.cumsum([len(p) for p in parts])]).astype(np.int64)
-
-    codes = [r.code for r in compiled]
-    consts = [r.consts for r in compiled]
-    cols = [r.columns for r in compiled]
-    nan_abs = [r.nan_absent for r in compiled]
-    segs = [np.array([seg_names.index(s) if s in seg_names else -1 for s in r.segments],
-                     dtype=np.int64) for r in compiled]
-    cat = (lambda parts, dt, shape=(0,): np.ascontiguousarray(np.concatenate(parts))
-           if parts else np.zeros(shape, dtype=dt))
-    return (cat(codes, np.int64, (0, 2)).astype(np.int64), offsets(codes),
-            cat(consts, np.float64).astype(np.float64), offsets(consts),
-            cat(cols, np.int64).astype(np.int64), offsets(cols),
-            cat(nan_abs, bool).astype(np.bool_),
-            cat(segs, np.int64).astype(np.int64), offsets(segs),
-            np.array([r.stack_size for r in compiled], dtype=np.int64))

@@ -73,13 +73,14 @@ from bta.ids import canonical_id
 from bta.privacy import GATE_OK, PrivacyPolicy
 from bta.schema import Decision, decisions_frame
 from bta.segment.rules import RuleSegment
+from bta.segment.rules.kernels import pack_rules
 from bta.serve import _kernels as K
 from bta.serve._replay import decide_batch
 from bta.serve._request import (
     NO_CONTEXT, Request, _now_ms, _parse, _safe_request_id, request_profile,
 )
 from bta.serve._snapshot import (
-    _NO_MASK, _NONE_CAPPED, _PRICING, BUILTIN_POLICIES, REASONS, _ContextMasks, _pack,
+    _NO_MASK, _NONE_CAPPED, _PRICING, BUILTIN_POLICIES, REASONS, _ContextMasks,
     _Scratch, _segments_for, _Snapshot, ctx_mask,
 )
 from bta.serve.campaigns import Campaign
@@ -306,7 +307,7 @@ class Engine:
             by_expr[c.targeting] = len(compiled)
             rule_of[i] = len(compiled)
             compiled.append(cr)
-        rules = _pack(compiled, seg_names)
+        rules = pack_rules(compiled, seg_names)
 
         scorer_of = np.full(len(campaigns), -1, dtype=np.int64)
         for i, c in enumerate(campaigns):
@@ -600,9 +601,7 @@ class Engine:
         work = self._scratch(snap)
         capped = self._capped(snap, work, ukey, ts)
         if snap.n_rules:
-            R = snap.rules
-            K.eval_rules(R[0], R[1], R[2], R[3], R[4], R[5], R[6], R[7], R[8], R[9],
-                         _segments_for(profile, snap.store_segments), idx, val,
+            K.eval_rules(snap.rules, _segments_for(profile, snap.store_segments), idx, val,
                          snap.n_features, work.hits)
         n = self._eligible(snap, work, K.PATH_TARGETED, ts, mask, capped)
         if n == 0:
@@ -722,9 +721,7 @@ class Engine:
             K.creatives_ok(0, 0, 0, snap.caps, lists, 0, work.ks)
         K.all_finite(np.zeros(0))
         if snap.n_rules:
-            R = snap.rules
-            K.eval_rules(R[0], R[1], R[2], R[3], R[4], R[5], R[6], R[7], R[8], R[9],
-                         np.zeros(len(snap.store_segments), dtype=bool),
+            K.eval_rules(snap.rules, np.zeros(len(snap.store_segments), dtype=bool),
                          np.zeros(0, dtype=np.int32), np.zeros(0), snap.n_features, work.hits)
         for path in (K.PATH_TARGETED, K.PATH_UNTARGETED):
             n = self._eligible(snap, work, path, 0, None, _NONE_CAPPED)

@@ -4,7 +4,9 @@ A rule compiles (:mod:`bta.segment.rules`) to rows ``(opcode, argument)`` of an 
 Two executors run the same code with the same semantics: :func:`eval_row`, a numba kernel for
 one user's sparse feature vector (serving), and :func:`run_block`, NumPy operations over a
 block of users whose referenced columns :func:`fill_block` densified (batch). Tests hold them
-equal to each other and to a naive evaluator.
+equal to each other and to a naive evaluator. Many rules travel to a kernel as one
+:class:`PackedRules` (their arrays concatenated, with offsets), which :func:`pack_rules`
+builds and ``bta.serve._kernels.eval_rules`` runs rule by rule through :func:`run_code`.
 
 ``eval_row`` uses ``exact_jit`` (no fastmath): ``arcp`` could turn ``a / b`` into
 ``a * (1 / b)`` and make a threshold comparison differ by one ulp from the batch path.
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
@@ -25,8 +27,8 @@ from bta._jit import batch_jit, exact_jit
 __all__ = [
     "OP_CONST", "OP_FEATURE", "OP_SEGMENT", "OP_NEG", "OP_ABS", "OP_DEFINED", "OP_NOT",
     "OP_ADD", "OP_SUB", "OP_MUL", "OP_DIV", "OP_LT", "OP_LE", "OP_GT", "OP_GE", "OP_EQ",
-    "OP_NE", "OP_MIN", "OP_MAX", "OP_TOTAL", "OP_AND", "OP_OR", "eval_row", "run_code", "fill_block",
-    "run_block",
+    "OP_NE", "OP_MIN", "OP_MAX", "OP_TOTAL", "OP_AND", "OP_OR", "PackedRules", "pack_rules",
+    "eval_row", "run_code", "fill_block", "run_block",
 ]
 
 # push: argument is an index into consts / the rule's feature slots / its segment slots
@@ -55,6 +57,55 @@ OP_MAX = 18
 OP_TOTAL = 19
 OP_AND = 20
 OP_OR = 21
+
+
+class PackedRules(NamedTuple):
+    """Compiled rules concatenated into flat arrays, one argument for the kernels (all IN).
+
+    Rule ``r`` owns ``code[code_offsets[r]:code_offsets[r+1]]``, and likewise for its
+    constants, feature columns (with their ``nan_absent`` flags) and segment slots; a rule's
+    code indexes its own constants, slots and segments from 0. Built by :func:`pack_rules`.
+    """
+
+    code: np.ndarray             #: int64 (n_ops, 2): every rule's (opcode, argument) rows
+    code_offsets: np.ndarray     #: int64 (n_rules + 1,)
+    consts: np.ndarray           #: float64 (n_consts,)
+    const_offsets: np.ndarray    #: int64 (n_rules + 1,)
+    columns: np.ndarray          #: int64 (n_slots,): a rule's feature slots as store columns
+    column_offsets: np.ndarray   #: int64 (n_rules + 1,)
+    nan_absent: np.ndarray       #: bool (n_slots,): an absent slot is NaN (else 0.0)
+    segment_index: np.ndarray    #: int64 (n_segment_slots,): position in the user's segment
+    #: flags (the ``segment_names`` packed against); -1: unknown there, read as not a member
+    segment_offsets: np.ndarray  #: int64 (n_rules + 1,)
+    stack_sizes: np.ndarray      #: int64 (n_rules,): the stack each rule's code needs
+
+
+def pack_rules(compiled: Sequence[Any], segment_names: Sequence[str]) -> PackedRules:
+    """The :class:`PackedRules` of ``compiled`` (``CompiledRule`` objects, in rule order),
+    their segment references resolved against ``segment_names`` (the user's segment flags'
+    order)."""
+    def offsets(parts):
+        return np.concatenate([[0], np.cumsum([len(p) for p in parts])]).astype(np.int64)
+
+    def concat(parts, dtype, empty_shape=(0,)):
+        if not parts:
+            return np.zeros(empty_shape, dtype=dtype)
+        return np.ascontiguousarray(np.concatenate(parts)).astype(dtype)
+
+    names = list(segment_names)
+    codes = [r.code for r in compiled]
+    consts = [r.consts for r in compiled]
+    columns = [r.columns for r in compiled]
+    nan_absent = [r.nan_absent for r in compiled]
+    segments = [np.array([names.index(s) if s in names else -1 for s in r.segments],
+                         dtype=np.int64) for r in compiled]
+    return PackedRules(
+        code=concat(codes, np.int64, (0, 2)), code_offsets=offsets(codes),
+        consts=concat(consts, np.float64), const_offsets=offsets(consts),
+        columns=concat(columns, np.int64), column_offsets=offsets(columns),
+        nan_absent=concat(nan_absent, np.bool_),
+        segment_index=concat(segments, np.int64), segment_offsets=offsets(segments),
+        stack_sizes=np.array([r.stack_size for r in compiled], dtype=np.int64))
 
 
 @exact_jit()
@@ -88,25 +139,27 @@ def eval_row(code, consts, columns, nan_absent, seg_flags, indices, values, stac
 
 
 @exact_jit(inline=True)
-def run_code(code, c0, c1, consts, k0, local, seg_flags, f0, stack):
-    """Run the postfix code ``code[c0:c1]`` with its constants from ``consts[k0:]``, the rule's
-    feature values in ``local`` (slot order), its segment flags from ``seg_flags[f0:]`` and a
-    caller-supplied ``stack`` (at least the rule's stack size); returns the condition.
+def run_code(code, code_start, code_end, consts, const_start, local, seg_flags, seg_start,
+             stack):
+    """Run the postfix code ``code[code_start:code_end]`` (IN) with its constants from
+    ``consts[const_start:]`` (IN), the rule's feature values in ``local`` (IN, slot order),
+    its segment flags from ``seg_flags[seg_start:]`` (IN) and a caller-supplied ``stack``
+    (scratch, at least the rule's stack size); returns the condition.
 
     Offsets rather than slices, and inlined into its callers: packed rules run hundreds per
     request, and a call with sliced array arguments costs more than a short rule."""
-    sp = 0
-    for pc in range(c0, c1):
+    sp = 0  # stack pointer: the number of values on the stack
+    for pc in range(code_start, code_end):
         op = code[pc, 0]
         arg = code[pc, 1]
         if op == OP_CONST:
-            stack[sp] = consts[k0 + arg]
+            stack[sp] = consts[const_start + arg]
             sp += 1
         elif op == OP_FEATURE:
             stack[sp] = local[arg]
             sp += 1
         elif op == OP_SEGMENT:
-            stack[sp] = 1.0 if seg_flags[f0 + arg] else 0.0
+            stack[sp] = 1.0 if seg_flags[seg_start + arg] else 0.0
             sp += 1
         elif op == OP_NEG:
             stack[sp - 1] = -stack[sp - 1]
