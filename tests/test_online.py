@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from bta.errors import ConfigError
 from bta.events import STANDARD_EVENTS, EventLog
 from bta.features import FeatureSpec, OnlineProfiles, build_features
-from bta.features import _kernels as K
+from bta.features import families as F
 from bta.features import _online_kernels as OK_
 from bta.privacy import PrivacyPolicy
 
@@ -87,12 +87,12 @@ def assert_no_stale_state(prof: OnlineProfiles):
     n = len(prof._user_ids)
     U = prof._U[:n]
     live_cells = int((U[:, OK_.H_CLC] & 0xFFFFFFFF).sum())
-    assert np.count_nonzero(prof._CS[:, K.C_N]) == live_cells
+    assert np.count_nonzero(prof._CS[:, F.cells.C_N]) == live_cells
     assert np.count_nonzero(prof._P[:, 0]) == prof.window_entries()
     for s, u in enumerate(prof._user_ids):
         if u is None:  # a free slot holds the initial state
             fresh = np.zeros(OK_.N_H, dtype=np.int64)
-            fresh[K.U_LAST_TS] = fresh[K.U_LAST_CONV] = K.NO_TIME
+            fresh[:F.N_INT] = F.INITIAL_INTS
             assert np.array_equal(U[s], fresh) and not prof._UF[s].any()
 
 

@@ -1,15 +1,17 @@
 """Numba kernels of :class:`bta.features.OnlineProfiles`.
 
-They keep the state of :mod:`bta.features._kernels` per user in growable tables and call the same
-``user_step`` / ``cell_step`` / ``in_window`` / ``emit_row`` functions as the batch builder.
+They keep the state of the feature families (:mod:`bta.features.families`) per user in
+growable tables and call the same ``user_step`` / ``cells.cell_step`` / ``cells.in_window`` /
+``row_nnz`` / ``emit_row`` kernels as the batch builder. The tables travel as one
+:class:`ProfileTables` named tuple, the spec as ``StepParams`` / ``RowParams``.
 
 Tables (owned by the Python class, grown there):
 
-- users: ``U (cap_u, N_H)`` int64, one row per user slot: the ``N_UI`` user-state columns of
-  :mod:`bta.features._kernels`, then the user's window-buffer run (start; length | capacity << 32)
+- users: ``U (cap_u, N_H)`` int64, one row per user slot: the ``N_INT`` user-state columns of
+  :mod:`bta.features.families`, then the user's window-buffer run (start; length | capacity << 32)
   and cell run (start; length | capacity << 32). One row is 128 bytes, two cache lines when the
   table is 64-byte aligned, so an event reads and writes its user's bookkeeping in two lines.
-  ``UF (cap_u, N_UF)`` float64 holds the float user state (read on conversions only).
+  ``UF (cap_u, N_FLOAT)`` float64 holds the float user state (read on conversions only).
 - cells: each user's (event type, category) cells lie contiguous in one run of the cell pool, as
   the window buffer does: ``CK`` (cell key ``event_slot << 32 | category``) and ``CS (cap_c, 4)``
   int64 = ``tref, last, n`` and the decayed count (float64 bits, read through a float view). A
@@ -41,13 +43,16 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from bta._jit import exact_jit
-from bta.features._kernels import (
-    C_LAST, C_N, C_TREF, N_UI, U_LAST_TS, U_N_CONV, U_N_EVENTS, cell_step, emit_row, in_window,
-    row_nnz, user_init, user_step,
-)
+from collections import namedtuple
 
-__all__ = ["OK", "NEED_POOL", "NEED_CELLS", "N_H", "H_BSTART", "H_BLC", "H_CSTART", "H_CLC",
+from bta._jit import exact_jit
+from bta.features.families import (
+    N_INT, U_LAST_TS, U_N_EVENTS, Cells, RowOut, UserState, cells, emit_row, row_nnz, user_init,
+    user_step,
+)
+from bta.features.families.cells import C_LAST, C_N, C_TREF, cell_step, in_window
+
+__all__ = ["ProfileTables", "OK", "NEED_POOL", "NEED_CELLS", "N_H", "H_BSTART", "H_BLC", "H_CSTART", "H_CLC",
            "C_DECAY_BITS", "N_CS", "lookup_ids", "rehash", "hash_delete", "update",
            "compact_pool", "compact_cells", "emit", "emit_one", "emit_rows", "erase_users",
            "expired_slots"]
@@ -56,15 +61,20 @@ OK = 0
 NEED_POOL = 1
 NEED_CELLS = 2
 
-# user-row columns after the N_UI state columns
-H_BSTART = N_UI
-H_BLC = N_UI + 1
-H_CSTART = N_UI + 2
-H_CLC = N_UI + 3
-N_H = N_UI + 4
-# cell-row columns: C_TREF, C_LAST, C_N of _kernels, then the decayed count's float64 bits
-C_DECAY_BITS = 3
-N_CS = 4
+#: The state tables (IN/OUT of the kernels): ``U``, ``UF``, ``CK``, ``CS``, ``P`` as above.
+ProfileTables = namedtuple("ProfileTables", ["U", "UF", "CK", "CS", "P"])
+
+# user-row columns after the N_INT state columns (12 of them today: a row is 16 int64, 128
+# bytes; a family that adds state makes the row longer, which costs a cache line per event)
+H_BSTART = N_INT
+H_BLC = N_INT + 1
+H_CSTART = N_INT + 2
+H_CLC = N_INT + 3
+N_H = N_INT + 4
+# cell-row columns: the int state of families.cells (C_TREF, C_LAST, C_N), then its float
+# state (the decayed count) as float64 bits
+C_DECAY_BITS = len(cells.CELL_INTS)
+N_CS = len(cells.CELL_INTS) + len(cells.CELL_FLOATS)
 _LO = 0xFFFFFFFF  # run lengths, local cell positions and merge counts are far below 2 ** 32
 # Prefetch distances (events ahead) of the update loop: user rows are requested _AHEAD_USER
 # events ahead, and _AHEAD_RUNS events ahead the runs those rows point to. Events of different
@@ -221,15 +231,22 @@ def _prune(s, U, P, max_window_ms, bucket_ms):
 
 
 @exact_jit()
-def update(slots, ts, event, category, value, i0, ev_slot, ev_weight, cat_flag, half_life_ms,
-           gap_ms, max_ms, max_window_ms, bucket_ms, U, UF, CK, CS, c_used, P, p_used):
+def update(slots, ts, event, category, value, i0, ev_slot, ev_weight, cat_flag, step,
+           max_window_ms, tables, c_used, p_used):
     """Apply events ``i0:`` (sorted by user, then time) to the tables; events in denied
     categories (``cat_flag == -2``) are counted, not applied, and may have slot -1.
+
+    IN: the events (``slots`` int64 user slots, ``ts``, ``event``, ``category``, ``value``),
+    ``ev_slot`` / ``ev_weight`` / ``cat_flag`` (event slot and weight, category flag), ``step``
+    (``StepParams``), ``max_window_ms``. IN/OUT: ``tables`` (:class:`ProfileTables`), and the
+    pools' used lengths ``c_used`` / ``p_used`` (returned).
 
     Returns ``(status, next_i, c_used, p_used, n_applied, n_excluded)``. ``status`` is
     ``NEED_POOL`` / ``NEED_CELLS`` when the window-buffer / cell pool is full; the caller grows it
     and calls again from ``next_i`` (nothing of event ``next_i`` has been applied yet).
     """
+    U, UF, CK, CS, P = tables
+    half_life_ms, bucket_ms = step.half_life_ms, step.bucket_ms
     CF = CS.view(np.float64)
     n = slots.shape[0]
     p_size = P.shape[0]
@@ -329,7 +346,7 @@ def update(slots, ts, event, category, value, i0, ev_slot, ev_weight, cat_flag, 
                 P[j, 0] = tb
                 P[j, 1] = (local << 32) | 1
                 U[s, H_BLC] = (blen + 1) | (bcap << 32)
-        user_step(U[s, :N_UI], UF[s], t, ev, value[i], gap_ms, max_ms)
+        user_step(UserState(U[s, :N_INT], UF[s]), t, ev, value[i], step)
         if cell >= 0:
             CF[cell, C_DECAY_BITS], CS[cell, C_TREF], CS[cell, C_LAST], CS[cell, C_N] = cell_step(
                 CF[cell, C_DECAY_BITS], CS[cell, C_TREF], CS[cell, C_LAST], CS[cell, C_N], t,
@@ -393,12 +410,17 @@ def compact_cells(order, U, CK, CS, slack):
 
 
 @exact_jit()
-def _gather(s, as_of, cat_slot, n_cat, windows_ms, bucket_ms, U, CK, CS, P, pos, cells, cd, ct,
-            cl, cn, cw):
-    """Collect a user's cells (column order) and window counts; returns the number of cells.
+def _gather(s, as_of, cat_slot, params, tables, pos, got):
+    """Collect user ``s``'s cells (column order) and window counts into ``got`` (OUT, a
+    ``Cells``); returns the number of cells. IN: ``cat_slot`` (column slot per category code),
+    ``params`` (``RowParams``), ``tables`` (:class:`ProfileTables`).
 
     ``pos`` (at least the user's run length) is scratch: run position -> gathered position."""
+    U, CK, CS, P = tables.U, tables.CK, tables.CS, tables.P
+    cells_, cd, ct, cl, cn, cw = got
     CF = CS.view(np.float64)
+    n_cat = params.n_cat
+    windows_ms = params.windows_ms
     n_win = windows_ms.shape[0]
     cstart = U[s, H_CSTART]
     clen = U[s, H_CLC] & _LO
@@ -409,7 +431,7 @@ def _gather(s, as_of, cat_slot, n_cat, windows_ms, bucket_ms, U, CK, CS, P, pos,
         if CS[cell, C_N] > 0:
             cs = cat_slot[CK[cell] & _LO]
             if cs >= 0:
-                cells[k] = (CK[cell] >> 32) * n_cat + cs
+                cells_[k] = (CK[cell] >> 32) * n_cat + cs
                 pos[q] = k
                 cd[k] = CF[cell, C_DECAY_BITS]
                 ct[k] = CS[cell, C_TREF]
@@ -424,91 +446,78 @@ def _gather(s, as_of, cat_slot, n_cat, windows_ms, bucket_ms, U, CK, CS, P, pos,
         if j < 0:
             continue
         for w in range(n_win):
-            if in_window(P[bstart + r, 0], as_of, windows_ms[w], bucket_ms):
+            if in_window(P[bstart + r, 0], as_of, windows_ms[w], params.bucket_ms):
                 cw[j, w] += P[bstart + r, 1] & _LO
     # sort the k cells by column (rows touch few cells: insertion sort on all arrays)
     for a in range(1, k):
-        x = cells[a]
+        x = cells_[a]
         xd, xt, xl, xn = cd[a], ct[a], cl[a], cn[a]
         xw = cw[a].copy()
         b = a - 1
-        while b >= 0 and cells[b] > x:
-            cells[b + 1] = cells[b]
+        while b >= 0 and cells_[b] > x:
+            cells_[b + 1] = cells_[b]
             cd[b + 1], ct[b + 1], cl[b + 1], cn[b + 1] = cd[b], ct[b], cl[b], cn[b]
             cw[b + 1] = cw[b]
             b -= 1
-        cells[b + 1] = x
+        cells_[b + 1] = x
         cd[b + 1], ct[b + 1], cl[b + 1], cn[b + 1] = xd, xt, xl, xn
         cw[b + 1] = xw
     return k
 
 
 @exact_jit()
-def emit(slots, as_of, cat_slot, n_cat, pv_slot, windows_ms, bucket_ms, half_life_ms, ctr_a,
-         ctr_b, with_user, n_ev_slots, U, UF, CK, CS, P):
-    """CSR rows for ``slots`` at ``as_of`` (users without events give empty rows)."""
-    n_win = windows_ms.shape[0]
-    user_col0 = n_ev_slots * n_cat * (n_win + 2)
+def _row_cells(m, n_win):
+    """Empty ``Cells`` for rows of up to ``m`` cells."""
+    return Cells(np.empty(m, dtype=np.int64), np.empty(m, dtype=np.float64),
+                 np.empty(m, dtype=np.int64), np.empty(m, dtype=np.int64),
+                 np.empty(m, dtype=np.float64), np.empty((m, n_win), dtype=np.int64))
+
+
+@exact_jit()
+def emit(slots, as_of, cat_slot, params, tables):
+    """CSR rows ``(indptr, indices, data)`` for ``slots`` at ``as_of`` (users without events
+    give empty rows). IN: ``cat_slot``, ``params`` (``RowParams``), ``tables``."""
+    U, UF = tables.U, tables.UF
     n_req = slots.shape[0]
     m = 1
     for r in range(n_req):
         if slots[r] >= 0:
             m = max(m, U[slots[r], H_CLC] & _LO)
     pos = np.empty(m, dtype=np.int64)
-    cells = np.empty(m, dtype=np.int64)
-    cd = np.empty(m, dtype=np.float64)
-    ct = np.empty(m, dtype=np.int64)
-    cl = np.empty(m, dtype=np.int64)
-    cn = np.empty(m, dtype=np.float64)
-    cw = np.empty((m, n_win), dtype=np.int64)
+    got = _row_cells(m, params.windows_ms.shape[0])
     indptr = np.zeros(n_req + 1, dtype=np.int64)
     for r in range(n_req):
         s = slots[r]
         size = 0
         if s >= 0 and U[s, U_N_EVENTS] > 0:
-            k = _gather(s, as_of, cat_slot, n_cat, windows_ms, bucket_ms, U, CK, CS, P, pos,
-                        cells, cd, ct, cl, cn, cw)
-            size = row_nnz(k, cells, cl, windows_ms, bucket_ms, as_of, U[s, U_N_CONV] > 0,
-                           pv_slot, n_cat, with_user)
+            k = _gather(s, as_of, cat_slot, params, tables, pos, got)
+            size = row_nnz(k, got.cell, got.last, UserState(U[s, :N_INT], UF[s]), as_of,
+                           params)
         indptr[r + 1] = indptr[r] + size
-    indices = np.empty(indptr[n_req], dtype=np.int32)
-    data = np.empty(indptr[n_req], dtype=np.float64)
+    out = RowOut(np.empty(indptr[n_req], dtype=np.int32),
+                 np.empty(indptr[n_req], dtype=np.float64))
     for r in range(n_req):
         s = slots[r]
         if s >= 0 and U[s, U_N_EVENTS] > 0:
-            k = _gather(s, as_of, cat_slot, n_cat, windows_ms, bucket_ms, U, CK, CS, P, pos,
-                        cells, cd, ct, cl, cn, cw)
-            emit_row(k, cells, cd, ct, cl, cn, cw, windows_ms, bucket_ms, as_of, half_life_ms,
-                     U[s, :N_UI], UF[s], pv_slot, n_cat, user_col0, ctr_a, ctr_b, with_user,
-                     indices, data, indptr[r])
-    return indptr, indices, data
+            k = _gather(s, as_of, cat_slot, params, tables, pos, got)
+            emit_row(k, got, UserState(U[s, :N_INT], UF[s]), as_of, params, out, indptr[r])
+    return indptr, out.indices, out.data
 
 
 @exact_jit()
-def emit_one(s, as_of, cat_slot, n_cat, pv_slot, windows_ms, bucket_ms, half_life_ms, ctr_a,
-             ctr_b, with_user, n_ev_slots, U, UF, CK, CS, P):
+def emit_one(s, as_of, cat_slot, params, tables):
     """One user's sparse row (indices, values) at ``as_of``, for serving: allocates only
-    arrays of the user's own size."""
-    n_win = windows_ms.shape[0]
-    user_col0 = n_ev_slots * n_cat * (n_win + 2)
+    arrays of the user's own size. IN: ``cat_slot``, ``params`` (``RowParams``), ``tables``."""
+    U, UF = tables.U, tables.UF
     m = max(U[s, H_CLC] & _LO, 1)
     pos = np.empty(m, dtype=np.int64)
-    cells = np.empty(m, dtype=np.int64)
-    cd = np.empty(m, dtype=np.float64)
-    ct = np.empty(m, dtype=np.int64)
-    cl = np.empty(m, dtype=np.int64)
-    cn = np.empty(m, dtype=np.float64)
-    cw = np.empty((m, n_win), dtype=np.int64)
-    k = _gather(s, as_of, cat_slot, n_cat, windows_ms, bucket_ms, U, CK, CS, P, pos, cells, cd,
-                ct, cl, cn, cw)
-    size = row_nnz(k, cells, cl, windows_ms, bucket_ms, as_of, U[s, U_N_CONV] > 0, pv_slot,
-                   n_cat, with_user)
-    indices = np.empty(size, dtype=np.int32)
-    data = np.empty(size, dtype=np.float64)
-    emit_row(k, cells, cd, ct, cl, cn, cw, windows_ms, bucket_ms, as_of, half_life_ms,
-             U[s, :N_UI], UF[s], pv_slot, n_cat, user_col0, ctr_a, ctr_b, with_user, indices,
-             data, 0)
-    return indices, data
+    got = _row_cells(m, params.windows_ms.shape[0])
+    k = _gather(s, as_of, cat_slot, params, tables, pos, got)
+    user = UserState(U[s, :N_INT], UF[s])
+    size = row_nnz(k, got.cell, got.last, user, as_of, params)
+    out = RowOut(np.empty(size, dtype=np.int32), np.empty(size, dtype=np.float64))
+    emit_row(k, got, user, as_of, params, out, 0)
+    return out.indices, out.data
 
 
 @exact_jit()
@@ -528,7 +537,7 @@ def erase_users(slots, U, UF, CK, CS, P):
             P[bstart + r, 0] = 0
             P[bstart + r, 1] = 0
         U[s, :] = 0
-        user_init(U[s, :N_UI], UF[s])
+        user_init(UserState(U[s, :N_INT], UF[s]))
 
 
 @exact_jit()
@@ -550,8 +559,7 @@ def expired_slots(n_slots, U, cutoff):
 
 
 @exact_jit()
-def emit_rows(slots, as_of, cat_slot, n_cat, pv_slot, windows_ms, bucket_ms, half_life_ms,
-              ctr_a, ctr_b, with_user, n_ev_slots, U, UF, CK, CS, P):
+def emit_rows(slots, as_of, cat_slot, params, tables):
     """CSR rows for ``slots`` (-1: an empty row), each at its own ``as_of``: one
     :func:`emit_one` call per row, so each row is exactly what
     :meth:`OnlineProfiles.vector` returns (``emit`` takes one time for all rows)."""
@@ -563,9 +571,7 @@ def emit_rows(slots, as_of, cat_slot, n_cat, pv_slot, windows_ms, bucket_ms, hal
     k = 0
     for r in range(n):
         if slots[r] >= 0:
-            ind, val = emit_one(slots[r], as_of[r], cat_slot, n_cat, pv_slot, windows_ms,
-                                    bucket_ms, half_life_ms, ctr_a, ctr_b, with_user,
-                                    n_ev_slots, U, UF, CK, CS, P)
+            ind, val = emit_one(slots[r], as_of[r], cat_slot, params, tables)
             m = ind.shape[0]
             if k + m > cap:  # grow geometrically: copies stay amortized O(nnz)
                 cap = max(2 * cap, k + m)

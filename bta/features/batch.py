@@ -12,6 +12,7 @@ import scipy.sparse as sp
 from bta.errors import ConfigError
 from bta.events import EventLog, to_epoch_ms
 from bta.features import _kernels
+from bta.features.families import RowOut, row_params, step_params
 from bta.features.matrix import FeatureMatrix, layout_for
 from bta.features.spec import FeatureSpec
 
@@ -110,10 +111,11 @@ def build_features(log: EventLog, spec: FeatureSpec | None = None, as_of: Any = 
     size = _kernels.size_csr if threaded else _kernels.size_csr_serial
     fill = _kernels.fill_csr if threaded else _kernels.fill_csr_serial
     as_of_ = np.int64(as_of_ms)
-    row_len, counted = size(
-        log.user_offsets, log.ts, log.event, log.category, ev_slot, weights, layout.cat_slot,
-        np.int64(layout.n_cat), np.int64(layout.pv_slot), as_of_, spec.windows_ms,
-        np.int64(spec.bucket_ms), spec.user_features, np.int64(n_chunks))
+    events = _kernels.EventArrays(log.user_offsets, log.ts, log.event, log.category, log.value)
+    slots = _kernels.EventSlots(ev_slot, weights, layout.cat_slot)
+    row = row_params(spec, layout)
+    step = step_params(spec)
+    row_len, counted = size(events, slots, as_of_, row, step, np.int64(n_chunks))
     kept = np.flatnonzero(counted > 0)
     indptr = np.zeros(kept.shape[0] + 1, dtype=np.int64)
     np.cumsum(row_len[kept], out=indptr[1:])
@@ -121,12 +123,8 @@ def build_features(log: EventLog, spec: FeatureSpec | None = None, as_of: Any = 
     row_start[kept] = indptr[:-1]
     indices = np.empty(int(indptr[-1]), dtype=np.int32)
     data = np.empty(int(indptr[-1]), dtype=np.float64)
-    fill(log.user_offsets, log.ts, log.event, log.category, log.value, ev_slot, weights,
-         layout.cat_slot, np.int64(layout.n_cat), np.int64(layout.pv_slot), as_of_,
-         spec.windows_ms, np.int64(spec.bucket_ms), spec.half_life_ms,
-         np.int64(spec.session_gap_ms), np.int64(spec.max_session_ms), spec.ctr_prior[0],
-         spec.ctr_prior[1], spec.user_features, np.int64(n_chunks), counted, row_start,
-         indices, data)
+    fill(events, slots, as_of_, row, step, np.int64(n_chunks), counted, row_start,
+         RowOut(indices, data))
     n_events = int(counted.sum())
     if spec.dtype == "float32":
         data = data.astype(np.float32)

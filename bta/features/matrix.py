@@ -11,15 +11,11 @@ import pandas as pd
 import scipy.sparse as sp
 
 from bta.errors import UnknownNameError
-from bta.features._kernels import USER_FEATURES
+from bta.features.families import USER_FEATURES, USER_NAN_ABSENT, cells
 from bta.features.spec import FeatureSpec
 from bta.ids import IdIndex
 
 __all__ = ["FeatureMatrix", "Layout", "layout_for"]
-
-# Features whose absence means "undefined" rather than zero: recency of something that never
-# happened is not 0 days. They are NaN when absent in every dense view.
-_NAN_WHEN_ABSENT_USER = {"rfm:recency_days", "diversity:entropy"}
 
 
 @dataclass(frozen=True)
@@ -38,7 +34,14 @@ class Layout:
 
 
 def layout_for(spec: FeatureSpec, categories: Sequence[Any]) -> Layout:
-    """Column layout of ``spec`` given the category vocabulary (code -> category)."""
+    """Column layout of ``spec`` given the category vocabulary (code -> category).
+
+    Read off the feature families' declarations (:mod:`bta.features.families`): the
+    per-category block (``cells``: ``spec.stats`` per (event, category), NaN when absent for
+    ``cells.NAN_ABSENT_STATS``), then the user-level families' columns in their order. Features
+    whose absence means "undefined" rather than zero (recency of something that never happened
+    is not 0 days) are NaN when absent in every dense view.
+    """
     cats = list(categories)
     deny = set(spec.deny_categories)
     allow = None if spec.categories is None else set(spec.categories)
@@ -55,11 +58,11 @@ def layout_for(spec: FeatureSpec, categories: Sequence[Any]) -> Layout:
             column_categories.append(c)
     names = [spec.cell_feature_name(e, c, s)
              for e in spec.events for c in column_categories for s in spec.stats]
-    nan_absent = [s == "recency" for _e in spec.events for _c in column_categories
+    nan_absent = [s in cells.NAN_ABSENT_STATS for _e in spec.events for _c in column_categories
                   for s in spec.stats]
     if spec.user_features:
         names.extend(USER_FEATURES)
-        nan_absent.extend(f in _NAN_WHEN_ABSENT_USER for f in USER_FEATURES)
+        nan_absent.extend(f in USER_NAN_ABSENT for f in USER_FEATURES)
     pv_slot = spec.events.index("page_view") if "page_view" in spec.events else -1
     return Layout(cat_slot, tuple(column_categories), tuple(names),
                   np.asarray(nan_absent, dtype=bool), pv_slot)

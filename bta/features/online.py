@@ -24,7 +24,7 @@ import scipy.sparse as sp
 from bta.errors import ConfigError, check_param
 from bta.events import EventLog, to_epoch_ms, to_millis
 from bta.ids import canonical_id, canonical_ids, int_key
-from bta.features import _kernels as K
+from bta.features import families as F
 from bta.features import _online_kernels as OK_
 from bta.features.batch import event_slots
 from bta.features.matrix import FeatureMatrix, layout_for
@@ -194,7 +194,7 @@ class OnlineProfiles:
         for c in self._fixed_categories:
             self._add_category(c, fixed=True)
         self._U = _aligned((0, OK_.N_H), np.int64)
-        self._UF = _aligned((0, K.N_UF), np.float64)
+        self._UF = _aligned((0, F.N_FLOAT), np.float64)
         self._CK = _aligned((1024,), np.int64)
         self._CS = _aligned((1024, OK_.N_CS), np.int64)
         self._c_used = 0
@@ -208,8 +208,8 @@ class OnlineProfiles:
         self._max_window = int(spec.windows_ms.max())
         self._event_types: tuple[str, ...] | None = None
         self._ev_slots: tuple[Any, np.ndarray, np.ndarray] | None = None
-        self._latest = K.NO_TIME   # latest event time seen (the clock of expire/retention)
-        self._oldest = K.NO_TIME   # lower bound of the users' latest-event times
+        self._latest = F.NO_TIME   # latest event time seen (the clock of expire/retention)
+        self._oldest = F.NO_TIME   # lower bound of the users' latest-event times
 
     # ---- vocabulary ----------------------------------------------------------------------------
     def _add_category(self, c: Any, fixed: bool = False) -> int:
@@ -393,9 +393,9 @@ class OnlineProfiles:
                 self._latest = max(self._latest, int(ts.max()))
                 # a user's latest event is never before the earliest event of this batch
                 low = int(ts.min())
-                self._oldest = low if self._oldest == K.NO_TIME else min(self._oldest, low)
+                self._oldest = low if self._oldest == F.NO_TIME else min(self._oldest, low)
             n_expired = 0
-            if self.retention_ms is not None and self._latest != K.NO_TIME:
+            if self.retention_ms is not None and self._latest != F.NO_TIME:
                 n_expired = self._expire_before(self._latest - self.retention_ms)
             # rows a policy removed at ingestion count like rows screened here
             removed = getattr(log, "removed", None) or {}
@@ -440,17 +440,20 @@ class OnlineProfiles:
             cached = self._ev_slots = ((self._event_types, event_types), ev_slot, weights, ev_map)
         return cached[1], cached[2], cached[3]
 
+    def _tables(self) -> "OK_.ProfileTables":
+        """The state tables as the kernels take them (rebuilt per call: growth replaces them)."""
+        return OK_.ProfileTables(self._U, self._UF, self._CK, self._CS, self._P)
+
     def _apply(self, slots, ts, events, cats, value, ev_slot, weights) -> tuple[int, int]:
-        spec = self.spec
+        step = F.step_params(self.spec)
         i = 0
         applied = excluded = 0
         stuck = None
         while True:
             status, i, self._c_used, self._p_used, a, x = OK_.update(
                 slots, ts, events, cats, value, np.int64(i), ev_slot, weights, self._cat_flag,
-                spec.half_life_ms, np.int64(spec.session_gap_ms), np.int64(spec.max_session_ms),
-                np.int64(self._max_window), np.int64(spec.bucket_ms), self._U, self._UF,
-                self._CK, self._CS, np.int64(self._c_used), self._P, np.int64(self._p_used))
+                step, np.int64(self._max_window), self._tables(), np.int64(self._c_used),
+                np.int64(self._p_used))
             applied += a
             excluded += x
             if status == OK_.OK:
@@ -477,8 +480,7 @@ class OnlineProfiles:
             old = self._U.shape[0]
             self._U = _grown(self._U, n)
             self._UF = _grown(self._UF, n)
-            self._U[old:, K.U_LAST_TS] = K.NO_TIME
-            self._U[old:, K.U_LAST_CONV] = K.NO_TIME
+            self._U[old:, :F.N_INT] = F.INITIAL_INTS
 
     def _grow_pool(self, force: bool = False) -> None:
         """Called when the window-buffer pool is full: compact it in place (relocated runs
@@ -544,7 +546,7 @@ class OnlineProfiles:
             slots = self._slots_of(ids)
             known = slots[slots >= 0]
             U = self._U
-            latest = int(U[known, K.U_LAST_TS].max()) if known.size else 0
+            latest = int(U[known, F.U_LAST_TS].max()) if known.size else 0
             as_of_ms = latest if as_of is None else to_epoch_ms(as_of, "as_of")
             if known.size and as_of_ms < latest:
                 raise ConfigError(
@@ -556,7 +558,7 @@ class OnlineProfiles:
                               shape=(len(ids), len(layout.feature_names)))
             X.has_sorted_indices = True
             if users is None:
-                keep = U[slots, K.U_N_EVENTS] > 0
+                keep = U[slots, F.U_N_EVENTS] > 0
                 X = X[keep]
                 ids = [u for u, k in zip(ids, keep) if k]
             if self.spec.dtype == "float32":
@@ -565,7 +567,7 @@ class OnlineProfiles:
                 X=X, feature_names=layout.feature_names, users=np.asarray(ids),
                 as_of=pd.Timestamp(as_of_ms, unit="ms", tz="UTC"), spec=self.spec,
                 nan_absent=layout.nan_absent,
-                n_events=int(U[known, K.U_N_EVENTS].sum()))
+                n_events=int(U[known, F.U_N_EVENTS].sum()))
 
     @property
     def layout(self):
@@ -605,29 +607,27 @@ class OnlineProfiles:
             return None
         with self._lock:
             U = self._U
-            if self._slot(user_id) != s or U.item(s, K.U_N_EVENTS) == 0:
+            if self._slot(user_id) != s or U.item(s, F.U_N_EVENTS) == 0:
                 return None  # erased meanwhile, or no counted event
-            last = U.item(s, K.U_LAST_TS)
+            last = U.item(s, F.U_LAST_TS)
             t = last
             if as_of_ms is not None:
                 try:
                     t = max(last, min(int(as_of_ms), _INT64_MAX))
                 except (TypeError, ValueError, OverflowError):
                     return None
-            return OK_.emit_one(s, t, *self._emit_args(), U, self._UF, self._CK, self._CS,
-                                self._P)
+            cat_slot, params = self._emit_args()
+            return OK_.emit_one(s, t, cat_slot, params,
+                                OK_.ProfileTables(U, self._UF, self._CK, self._CS, self._P))
 
     def _emit_args(self) -> tuple:
-        """The layout and spec arguments of ``emit_one`` (cached with the layout: a request
+        """The layout and spec arguments of ``emit_one`` (``cat_slot``, ``RowParams``) (cached with the layout: a request
         reads one profile, and converting these per call would cost as much as the read)."""
         layout = self.layout
         cached = self._emit_cache
         if cached is None or cached[0] is not layout:
-            spec = self.spec
-            cached = self._emit_cache = (layout, (
-                layout.cat_slot, int(layout.n_cat), int(layout.pv_slot), spec.windows_ms,
-                int(spec.bucket_ms), float(spec.half_life_ms), float(spec.ctr_prior[0]),
-                float(spec.ctr_prior[1]), bool(spec.user_features), len(spec.events)))
+            cached = self._emit_cache = (layout, (layout.cat_slot,
+                                                  F.row_params(self.spec, layout)))
         return cached[1]
 
     def vectors(self, user_ids: Iterable[Any], as_of_ms: Any = None
@@ -681,20 +681,14 @@ class OnlineProfiles:
                 slots = self._slots_of(ids_ab)
                 U = self._U
                 known = slots >= 0
-                known[known] = U[slots[known], K.U_N_EVENTS] != 0
+                known[known] = U[slots[known], F.U_N_EVENTS] != 0
                 ok = known & ~bad[a:a + _BULK_ROWS]
                 slots[~ok] = -1
-                last = np.where(ok, U[np.maximum(slots, 0), K.U_LAST_TS], 0)
+                last = np.where(ok, U[np.maximum(slots, 0), F.U_LAST_TS], 0)
                 t_ab = np.where(use_last[a:a + _BULK_ROWS], last,
                                 np.maximum(last, t[a:a + _BULK_ROWS]))
-                layout = self.layout
-                spec = self.spec
-                ptr, ind, dat = OK_.emit_rows(
-                    slots, t_ab, layout.cat_slot, np.int64(layout.n_cat),
-                    np.int64(layout.pv_slot), spec.windows_ms, np.int64(spec.bucket_ms),
-                    spec.half_life_ms, spec.ctr_prior[0], spec.ctr_prior[1],
-                    spec.user_features, np.int64(len(spec.events)), U, self._UF, self._CK,
-                    self._CS, self._P)
+                cat_slot, params = self._emit_args()
+                ptr, ind, dat = OK_.emit_rows(slots, t_ab, cat_slot, params, self._tables())
             found[a:a + _BULK_ROWS] = ok
             ptrs.append(ptr[1:] + nnz)
             idx_parts.append(ind)
@@ -714,20 +708,17 @@ class OnlineProfiles:
 
     def _emit(self, slots: np.ndarray, as_of_ms: int):
         layout = self.layout
-        spec = self.spec
-        indptr, indices, data = OK_.emit(
-            slots, np.int64(as_of_ms), layout.cat_slot, np.int64(layout.n_cat),
-            np.int64(layout.pv_slot), spec.windows_ms, np.int64(spec.bucket_ms),
-            spec.half_life_ms, spec.ctr_prior[0], spec.ctr_prior[1], spec.user_features,
-            np.int64(len(spec.events)), self._U, self._UF, self._CK, self._CS, self._P)
+        cat_slot, params = self._emit_args()
+        indptr, indices, data = OK_.emit(slots, np.int64(as_of_ms), cat_slot, params,
+                                         self._tables())
         return indptr, indices, data, layout
 
     def last_event_time(self, user_id: Any) -> pd.Timestamp | None:
         """Time of the user's latest event, or None for an unknown user."""
         s = self._slot(user_id)
-        if s is None or self._U[s, K.U_N_EVENTS] == 0:
+        if s is None or self._U[s, F.U_N_EVENTS] == 0:
             return None
-        return pd.Timestamp(int(self._U[s, K.U_LAST_TS]), unit="ms", tz="UTC")
+        return pd.Timestamp(int(self._U[s, F.U_LAST_TS]), unit="ms", tz="UTC")
 
     # ---- privacy -------------------------------------------------------------------------------
     def erase(self, user_id: Any) -> bool:
@@ -769,16 +760,16 @@ class OnlineProfiles:
         ms = _duration_ms(older_than, "older_than")
         with self._lock:
             now = self._latest if as_of is None else to_epoch_ms(as_of, "as_of")
-            if now == K.NO_TIME:
+            if now == F.NO_TIME:
                 return 0
             return self._expire_before(now - ms)
 
     def _expire_before(self, cutoff: int) -> int:
-        if self._oldest == K.NO_TIME or self._oldest >= cutoff:
+        if self._oldest == F.NO_TIME or self._oldest >= cutoff:
             return 0  # no user's latest event can be that old: skip the sweep
         slots, oldest = OK_.expired_slots(np.int64(len(self._user_ids)), self._U,
                                           np.int64(cutoff))
-        self._oldest = int(oldest) if oldest != np.iinfo(np.int64).max else K.NO_TIME
+        self._oldest = int(oldest) if oldest != np.iinfo(np.int64).max else F.NO_TIME
         if slots.size:
             self._forget([self._user_ids[s] for s in slots.tolist()], slots)
         return int(slots.size)

@@ -13,6 +13,7 @@ import numpy as np
 from bta._params import InstanceOf, Interval, Options, Predicate, validate_fields, validate_params
 from bta.errors import ConfigError, check_param
 from bta.events import STANDARD_EVENTS, to_millis
+from bta.features.families import cells
 
 __all__ = ["FeatureSpec", "duration_name"]
 
@@ -174,14 +175,13 @@ class FeatureSpec:
 
     @property
     def stats(self) -> tuple[str, ...]:
-        """Per-cell statistics in column order: one count per window, decay, recency."""
-        return tuple(f"count:{w}" for w in self.windows) + ("decay", "recency")
+        """Per-cell statistics in column order: one count per window, decay, recency (declared
+        by :mod:`bta.features.families.cells`)."""
+        return cells.stats(self.windows)
 
     def cell_feature_name(self, event: str, category: Any, stat: str) -> str:
         """Name of a per-category feature, e.g. ``count:page_view:autos:7d``."""
-        if stat.startswith("count:"):
-            return f"count:{event}:{category}:{stat[6:]}"
-        return f"{stat}:{event}:{category}"
+        return cells.feature_name(event, category, stat)
 
 
 def _finite(v: Any) -> bool:
