@@ -333,3 +333,78 @@ def test_online_accepts_array_vocabularies():
                           event_types=np.array([], dtype=object))
     prof.update_log(log)
     assert prof.features().row(1)["count:page_view:autos:1d"] == 1.0
+
+
+# ---- feature families: the declarations are the layout ----------------------------------------
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(spec=specs(), cats=st.lists(st.sampled_from(CATS + ["a", "zz"]), unique=True, max_size=5))
+def test_family_declarations_are_the_layout(spec, cats):
+    """Names, NaN-when-absent flags and column offsets of FeatureSpec / layout_for are exactly
+    what the families declare: a family whose declaration drifts from the kernels' offsets
+    fails here (and its entries then land under another name in the naive comparisons)."""
+    from bta.features import families as F
+    from bta.features.matrix import layout_for
+
+    layout = layout_for(spec, cats)
+    names, nan_absent = layout.feature_names, layout.nan_absent
+    n_win = len(spec.windows)
+    n_stat = n_win + len(F.cells.TAIL_STATS)
+    assert spec.stats == F.cells.stats(spec.windows)
+    for e_slot, e in enumerate(spec.events):
+        for c_slot, c in enumerate(layout.column_categories):
+            base = (e_slot * layout.n_cat + c_slot) * n_stat  # emit_cells' column of a cell
+            for w, wname in enumerate(spec.windows):
+                assert names[base + w] == f"count:{e}:{c}:{wname}" and not nan_absent[base + w]
+            assert names[base + n_win + F.cells.DECAY] == f"decay:{e}:{c}"
+            assert names[base + n_win + F.cells.RECENCY] == f"recency:{e}:{c}"
+            for s in F.cells.TAIL_STATS:
+                j = base + n_win + F.cells.TAIL_STATS.index(s)
+                assert nan_absent[j] == (s in F.cells.NAN_ABSENT_STATS)
+    user_col0 = int(F.row_params(spec, layout).user_col0)
+    assert user_col0 == len(spec.events) * layout.n_cat * n_stat
+    if not spec.user_features:
+        assert len(names) == user_col0
+        return
+    assert names[user_col0:] == F.USER_FEATURES
+    for fam in F.USER_FAMILIES:
+        col = user_col0 + F.BASES[fam.name].col
+        assert names[col:col + len(fam.columns)] == fam.columns
+        assert [bool(v) for v in nan_absent[col:col + len(fam.columns)]] == [
+            c in fam.nan_absent for c in fam.columns]
+
+
+def test_family_state_and_kernels_are_declared_once():
+    import inspect
+
+    from bta.features import families as F
+
+    # state slices: consecutive after the bookkeeping fields, covering the user state exactly
+    i0, f0 = len(F.CORE_INTS), 0
+    for fam in F.USER_FAMILIES:
+        assert F.BASES[fam.name][:2] == (i0, f0), fam.name
+        i0 += len(fam.ints)
+        f0 += len(fam.floats)
+        for field, value in fam.initial:
+            assert F.INITIAL_INTS[F.BASES[fam.name].i0 + fam.ints.index(field)] == value
+        assert fam.naive.startswith("tests/naive.py::naive_features")
+    assert (i0, f0) == (F.N_INT, F.N_FLOAT)
+    # every registered family is run by the composite kernels, which both paths call
+    emit_src = inspect.getsource(F.emit_row.py_func)
+    nnz_src = inspect.getsource(F.row_nnz.py_func)
+    for fam in F.USER_FAMILIES:
+        module = getattr(F, fam.name)
+        assert f"{fam.name}.emit(" in emit_src and f"{fam.name}.n_entries(" in nnz_src
+        if fam.ints or fam.floats:
+            assert f"{fam.name}.step(" in inspect.getsource(F.user_step.py_func)
+        # the module's named column positions are the declaration's
+        for j, c in enumerate(fam.columns):
+            const = c.split(":", 1)[1].upper()
+            if hasattr(module, const):
+                assert getattr(module, const) == j, (fam.name, c)
+    # the matrix's columns are these names, in this order
+    df = pd.DataFrame({"user_id": [1, 1, 2], "ts": [T0, T0 + 1000, T0], "value": [0.0, 5.0, 0.0],
+                       "event": ["page_view", "conversion", "ad_impression"],
+                       "category": ["autos", "autos", "news"]})
+    fm = build_features(make_log(df, flag_bots=None), FeatureSpec())
+    assert fm.feature_names[-len(F.USER_FEATURES):] == F.USER_FEATURES
+    assert fm.row(1)["rfm:monetary"] == 5.0 and fm.row(1)["diversity:entropy"] == 0.0

@@ -23,8 +23,8 @@ FAMILY = UserFamily(
     naive="tests/naive.py::naive_features (rfm: entries)",
 )
 N_CONV, LAST_CONV = positions(FAMILY.ints)
-(MONETARY,) = positions(FAMILY.floats)
-RECENCY_DAYS, FREQUENCY, MONETARY_COL = positions(FAMILY.columns)
+(MONETARY_SUM,) = positions(FAMILY.floats)
+RECENCY_DAYS, FREQUENCY, MONETARY = positions(FAMILY.columns)
 N_COLUMNS = len(FAMILY.columns)
 
 
@@ -33,7 +33,7 @@ def step(user, i0, f0, t, ev, value, params):
     """Fold one event into the family's state (``user`` a ``UserState``, IN/OUT)."""
     if ev == EV_CONVERSION:
         user.ints[i0 + N_CONV] += 1
-        user.floats[f0 + MONETARY] += value
+        user.floats[f0 + MONETARY_SUM] += value
         if t > user.ints[i0 + LAST_CONV]:
             user.ints[i0 + LAST_CONV] = t
 
@@ -54,6 +54,6 @@ def emit(user, i0, f0, as_of, params, col0, out, pos):
     out.data[pos] = float(as_of - user.ints[i0 + LAST_CONV]) / DAY_MS
     out.indices[pos + 1] = col0 + FREQUENCY
     out.data[pos + 1] = user.ints[i0 + N_CONV]
-    out.indices[pos + 2] = col0 + MONETARY_COL
-    out.data[pos + 2] = user.floats[f0 + MONETARY]
+    out.indices[pos + 2] = col0 + MONETARY
+    out.data[pos + 2] = user.floats[f0 + MONETARY_SUM]
     return pos + 3
