@@ -1,4 +1,13 @@
-"""Synthetic clickstream for the feature benchmarks: plain NumPy arrays, sized by environment.
+"""Synthetic clickstreams for the feature and ingestion benchmarks, sized by environment.
+
+Two shapes:
+
+- :func:`make_events`: plain NumPy arrays (integer users and categories, all-distinct
+  millisecond times, random row order), the feature benchmarks' data;
+- :func:`make_log`: a log shaped like real ones (:class:`LogEvents`): 16-hex-character cookie
+  ids, category names, event names, second-resolution times (so ties), identical rows, rows in
+  time order as a tracker writes them; handed over as an Arrow table (:func:`log_table`), a
+  pandas frame with NumPy or Arrow dtypes (:func:`log_frame`) or a Parquet file.
 
 Sizes
 -----
@@ -14,8 +23,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["DAY_MS", "WINDOWS_MS", "HALF_LIFE_MS", "T0_MS", "Events", "bench_size",
-           "make_events", "time_ordered"]
+__all__ = ["DAY_MS", "WINDOWS_MS", "HALF_LIFE_MS", "T0_MS", "Events", "LogEvents",
+           "EVENT_NAMES", "bench_size", "make_events", "make_log", "log_table", "log_frame",
+           "time_ordered"]
 
 DAY_MS = 86_400_000
 #: The count windows every implementation computes: 1, 7 and 30 days.
@@ -109,6 +119,159 @@ def time_ordered(ev: Events) -> Events:
     order = np.argsort(ev.ts, kind="stable")
     return Events(user=ev.user[order], ts=ev.ts[order], category=ev.category[order],
                   as_of=ev.as_of, n_users=ev.n_users, n_categories=ev.n_categories, days=ev.days)
+
+
+#: Event names of :func:`make_log` and their shares of the rows.
+EVENT_NAMES = ("page_view", "search", "ad_impression", "ad_click")
+_EVENT_SHARES = (0.85, 0.04, 0.10, 0.01)
+_ID_CHARS = 16
+
+
+@dataclass(frozen=True)
+class LogEvents:
+    """A log shaped like real ones, with the integer truth behind it.
+
+    Attributes
+    ----------
+    user : ndarray of int64, shape (n_events,)
+        Rank of the row's user id in ``user_ids`` (which is sorted).
+    user_ids : ndarray of uint8, shape (n_users, 16)
+        The cookie ids: 16 lowercase hex characters each, distinct, in ascending order.
+    ts_s : ndarray of int64, shape (n_events,)
+        Epoch seconds, non-decreasing (rows in time order, as a tracker appends them).
+    event : ndarray of int8, shape (n_events,)
+        Index into :data:`EVENT_NAMES`.
+    category : ndarray of int32, shape (n_events,)
+        Index into ``category_names``.
+    category_names : tuple of str
+        IAB-style names (``"IAB3-7"``), so their text order is not their index order.
+    as_of : int
+        End of the period (epoch ms).
+    n_identical : int
+        Rows that repeat another row on every column (kept: rows are data).
+    n_tied : int
+        Rows that share user and second with another row of another category.
+    """
+
+    user: np.ndarray
+    user_ids: np.ndarray
+    ts_s: np.ndarray
+    event: np.ndarray
+    category: np.ndarray
+    category_names: tuple
+    as_of: int
+    n_users: int
+    days: int
+    n_identical: int
+    n_tied: int
+
+    @property
+    def n_events(self) -> int:
+        return int(self.ts_s.shape[0])
+
+    @property
+    def n_categories(self) -> int:
+        return len(self.category_names)
+
+    def page_views(self) -> Events:
+        """The page views as :class:`Events` (integer codes, ms), what the features count."""
+        pv = self.event == EVENT_NAMES.index("page_view")
+        return Events(user=self.user[pv], ts=self.ts_s[pv] * 1000, category=self.category[pv],
+                      as_of=self.as_of, n_users=self.n_users, n_categories=self.n_categories,
+                      days=self.days)
+
+
+def make_log(n_events: int, n_users: int, n_categories: int = 200, days: int = 30,
+             identical_share: float = 0.02, tied_share: float = 0.03, seed: int = 0
+             ) -> LogEvents:
+    """A log like real ones: see :class:`LogEvents`.
+
+    Base events are uniform over users, categories and the period (in whole seconds); then
+    ``identical_share`` of the rows are copies of a base row (a double-logged view, two
+    purchases of one amount in one second) and ``tied_share`` copies of a base row's user,
+    second and event in another category; all rows are then put in time order (ties in
+    generation order).
+    """
+    rng = np.random.default_rng(seed)
+    n_ident = int(n_events * identical_share)
+    n_tied = int(n_events * tied_share)
+    n_base = n_events - n_ident - n_tied
+    if n_base <= 0 and n_events > 0:
+        raise ValueError("identical_share + tied_share must leave base rows")
+    # distinct 64-bit ids; as fixed-width lowercase hex their text order is their numeric order
+    ids = np.unique(rng.integers(0, 2**63 - 1, size=n_users + n_users // 100 + 16,
+                                 dtype=np.int64))
+    ids = np.sort(rng.permutation(ids)[:n_users])
+    if ids.shape[0] < n_users:  # pragma: no cover - 2**63 values make this astronomically rare
+        raise RuntimeError("id collision; pick another seed")
+    shifts = np.arange(4 * (_ID_CHARS - 1), -1, -4, dtype=np.int64)
+    nibbles = (ids[:, None] >> shifts) & 15
+    user_ids = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)[nibbles]
+    span_s = days * DAY_MS // 1000
+    user = rng.integers(0, n_users, size=n_base, dtype=np.int64)
+    ts_s = T0_MS // 1000 + rng.integers(0, span_s, size=n_base, dtype=np.int64)
+    event = rng.choice(len(EVENT_NAMES), size=n_base, p=_EVENT_SHARES).astype(np.int8)
+    category = rng.integers(0, n_categories, size=n_base, dtype=np.int32)
+    if n_base:
+        ident = rng.integers(0, n_base, size=n_ident)
+        tied = rng.integers(0, n_base, size=n_tied)
+        user = np.concatenate([user, user[ident], user[tied]])
+        ts_s = np.concatenate([ts_s, ts_s[ident], ts_s[tied]])
+        event = np.concatenate([event, event[ident], event[tied]])
+        other = (category[tied] + rng.integers(1, max(n_categories, 2), size=n_tied,
+                                               dtype=np.int32)) % n_categories
+        category = np.concatenate([category, category[ident], other.astype(np.int32)])
+    order = np.argsort(ts_s, kind="stable")
+    names = tuple(f"IAB{i // 10 + 1}-{i % 10 + 1}" for i in range(n_categories))
+    return LogEvents(user=user[order], user_ids=user_ids, ts_s=ts_s[order], event=event[order],
+                     category=category[order], category_names=names,
+                     as_of=T0_MS + days * DAY_MS, n_users=n_users, days=days,
+                     n_identical=n_ident, n_tied=n_tied)
+
+
+def _strings(codes: np.ndarray, chars: np.ndarray):
+    """Arrow ``string`` array of ``chars[codes]`` (rows of fixed-width text), built from buffers."""
+    import pyarrow as pa
+
+    n, width = codes.shape[0], chars.shape[1]
+    data = np.ascontiguousarray(chars[codes]).reshape(-1)
+    offsets = np.arange(0, width * (n + 1), width, dtype=np.int32 if width * n < 2**31
+                        else np.int64)
+    kind = pa.string() if offsets.dtype == np.int32 else pa.large_string()
+    return pa.Array.from_buffers(kind, n, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+
+
+def log_table(lg: LogEvents):
+    """The log as an Arrow table: ``user_id``, ``ts`` (``timestamp[us, tz=UTC]``, whole
+    seconds, as Parquet writers store times), ``event`` and ``category`` as strings."""
+    import pyarrow as pa
+
+    names = np.array(lg.category_names, dtype=object)
+    return pa.table({
+        "user_id": _strings(lg.user, lg.user_ids),
+        "ts": pa.array(lg.ts_s * 1_000_000, pa.timestamp("us", tz="UTC")),
+        "event": pa.array(np.array(EVENT_NAMES, dtype=object)).take(pa.array(lg.event)),
+        "category": pa.array(names).take(pa.array(lg.category)),
+    })
+
+
+def log_frame(lg: LogEvents, backend: str):
+    """The log as a pandas frame. ``backend="numpy"``: object columns of Python strings (one
+    object per row, as a CSV reader makes them) and ``datetime64[ns]`` times (naive UTC);
+    ``"pyarrow"``: ``pd.ArrowDtype`` columns (``dtype_backend="pyarrow"``)."""
+    import pandas as pd
+
+    table = log_table(lg)
+    if backend == "pyarrow":
+        return table.to_pandas(types_mapper=pd.ArrowDtype)
+    if backend != "numpy":
+        raise ValueError(f"backend must be 'numpy' or 'pyarrow', got {backend!r}")
+    cols = {c: table.column(c).to_numpy(zero_copy_only=False) for c in ("user_id", "event",
+                                                                       "category")}
+    cols["ts"] = (lg.ts_s * 1_000_000_000).view("datetime64[ns]")
+    # dtype=object explicitly: pandas 3 would infer its Arrow-backed ``str`` dtype
+    return pd.DataFrame({c: pd.Series(cols[c], dtype=cols[c].dtype, copy=False)
+                         for c in ("user_id", "ts", "event", "category")})
 
 
 def bench_scale() -> float:

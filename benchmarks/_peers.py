@@ -20,12 +20,13 @@ from typing import Any
 
 import numpy as np
 
-from _data import DAY_MS, HALF_LIFE_MS, WINDOWS_MS, Events
+from _data import DAY_MS, HALF_LIFE_MS, WINDOWS_MS, Events, LogEvents
 
 __all__ = ["Cells", "DECAY_RTOL", "assert_same_cells", "reference_cells", "cells_from_columns",
            "cells_from_feature_matrix", "bta_spec", "bta_event_log", "bta_features",
-           "bta_end_to_end", "pandas_features", "polars_features", "duckdb_features",
-           "duckdb_connect", "page_view_events", "to_cells"]
+           "bta_end_to_end", "bta_log_features", "pandas_features", "polars_features",
+           "polars_log_features", "duckdb_features", "duckdb_connect", "page_view_events",
+           "to_cells", "log_cells"]
 
 _D1, _D7, _D30 = WINDOWS_MS
 # Decayed sums are computed in different orders (bta folds incrementally, the peers sum terms
@@ -162,15 +163,33 @@ def bta_end_to_end(ev: Events, event: Any = None, spec: Any = None):
     return bta_features(bta_event_log(ev, event), ev.as_of, spec)
 
 
+def bta_log_features(data: Any, as_of: int):
+    """A user's path on a log: ``EventLog.from_arrow`` / ``from_pandas`` / ``from_parquet`` by
+    what ``data`` is, default arguments (validation, privacy screening, bot flagging), then
+    build_features."""
+    from bta.events import EventLog
+
+    if isinstance(data, (str, os.PathLike)):
+        log = EventLog.from_parquet(data)
+    elif type(data).__module__.split(".")[0] == "pandas":
+        log = EventLog.from_pandas(data)
+    else:
+        log = EventLog.from_arrow(data)
+    return bta_features(log, as_of)
+
+
 _STATS = {"1d": "c1", "7d": "c7", "30d": "c30"}
 
 
-def cells_from_feature_matrix(fm: Any, as_of: int) -> Cells:
+def cells_from_feature_matrix(fm: Any, as_of: int, category_code: Any = int,
+                              user_code: Any = None) -> Cells:
     """Cells from bta's FeatureMatrix (columns ``count:page_view:{cat}:{1d|7d|30d}``,
     ``decay:page_view:{cat}``, ``recency:page_view:{cat}``).
 
     Counts are stored only when non-zero (absent means 0); recency is stored whenever the cell
-    has an event, so the recency entries give the set of cells.
+    has an event, so the recency entries give the set of cells. ``category_code`` maps a
+    category's name to its integer (default: the name is the integer); ``user_code`` maps the
+    array of user ids to integers (default: they are integers).
     """
     n_cols = len(fm.feature_names)
     stat = np.empty(n_cols, dtype=object)
@@ -185,9 +204,9 @@ def cells_from_feature_matrix(fm: Any, as_of: int) -> Cells:
             raise AssertionError(f"bta: unexpected feature column {name!r}")
         if parts[1] != "page_view":
             raise AssertionError(f"bta: unexpected event in feature column {name!r}")
-        cat[j] = int(parts[2])
+        cat[j] = category_code(parts[2])
     coo = fm.X.tocoo()
-    users = np.asarray(fm.users, dtype=np.int64)
+    users = np.asarray(fm.users if user_code is None else user_code(fm.users), dtype=np.int64)
     n_cat = int(cat.max()) + 1 if n_cols else 1
     key = users[coo.row] * n_cat + cat[coo.col]
     col_stat = stat[coo.col]
@@ -235,21 +254,44 @@ def pandas_features(ev: Events):
         last=("ts", "max"))
 
 
+def _polars_cells(frame: Any, ts_ms: Any, as_of: int, user: str, keep: Any = None):
+    """The aggregation in polars, on a LazyFrame whose times (epoch ms) are ``ts_ms``."""
+    import polars as pl
+
+    age = as_of - ts_ms
+    keep = ts_ms <= as_of if keep is None else (keep & (ts_ms <= as_of))
+    return (
+        frame.filter(keep)
+        .group_by(user, "category")
+        .agg((age < _D1).sum().alias("c1"), (age < _D7).sum().alias("c7"),
+             (age < _D30).sum().alias("c30"),
+             pl.lit(0.5).pow(age / HALF_LIFE_MS).sum().alias("decay"),
+             ts_ms.max().alias("last"))
+        .collect()
+    )
+
+
 def polars_features(ev: Events):
     """polars (lazy, all threads): ``group_by(...).agg``."""
     import polars as pl
 
-    age = ev.as_of - pl.col("ts")
-    return (
-        pl.LazyFrame({"user": ev.user, "category": ev.category, "ts": ev.ts})
-        .filter(pl.col("ts") <= ev.as_of)
-        .group_by("user", "category")
-        .agg((age < _D1).sum().alias("c1"), (age < _D7).sum().alias("c7"),
-             (age < _D30).sum().alias("c30"),
-             pl.lit(0.5).pow(age / HALF_LIFE_MS).sum().alias("decay"),
-             pl.col("ts").max().alias("last"))
-        .collect()
-    )
+    frame = pl.LazyFrame({"user": ev.user, "category": ev.category, "ts": ev.ts})
+    return _polars_cells(frame, pl.col("ts"), ev.as_of, "user")
+
+
+def polars_log_features(data: Any, as_of: int):
+    """polars on a log (:func:`_data.log_table` and its other forms): the page views'
+    aggregation from an Arrow table, a pandas frame or a Parquet path (``scan_parquet``)."""
+    import polars as pl
+
+    if isinstance(data, (str, os.PathLike)):
+        frame = pl.scan_parquet(data)
+    elif type(data).__module__.split(".")[0] == "pandas":
+        frame = pl.from_pandas(data).lazy()
+    else:
+        frame = pl.from_arrow(data).lazy()
+    ts_ms = pl.col("ts").dt.epoch("ms")
+    return _polars_cells(frame, ts_ms, as_of, "user_id", keep=pl.col("event") == "page_view")
 
 
 _DUCKDB_SQL = """
@@ -292,6 +334,32 @@ def duckdb_features(ev: Events, con: Any = None):
         return fetch()
     finally:
         con.unregister("events")
+
+
+def log_cells(result: Any, lg: LogEvents) -> Cells:
+    """Cells of a result on a log (bta's FeatureMatrix or polars' frame), with the log's integer
+    users and categories (the reference's keys) in place of the ids and names."""
+    from bta.features import FeatureMatrix
+
+    vocab = lg.user_ids.view(f"S{lg.user_ids.shape[1]}").ravel()  # sorted
+
+    def user_code(ids: Any) -> np.ndarray:
+        text = np.asarray(ids, dtype=object).astype(vocab.dtype)
+        pos = np.searchsorted(vocab, text)
+        if not (pos < len(vocab)).all() or not (vocab[np.minimum(pos, len(vocab) - 1)]
+                                                == text).all():
+            raise AssertionError("result holds user ids that are not the log's")
+        return pos
+
+    if isinstance(result, FeatureMatrix):
+        return cells_from_feature_matrix(result, lg.as_of, lg.category_names.index, user_code)
+    import pandas as pd
+
+    cols = {c: result[c].to_numpy() for c in ("c1", "c7", "c30", "decay", "last")}
+    category = pd.Index(lg.category_names).get_indexer(result["category"].to_numpy())
+    if (category < 0).any():
+        raise AssertionError("result holds categories that are not the log's")
+    return cells_from_columns(user_code(result["user_id"].to_numpy()), category, **cols)
 
 
 def to_cells(result: Any, as_of: int) -> Cells:

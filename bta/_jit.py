@@ -171,11 +171,19 @@ def exact_jit(signature: Any = None, *, inline: bool = False) -> Callable:
     return _jit(opts, signature)
 
 
-def batch_jit(parallel: bool = False, fastmath: bool = False) -> Callable:
-    """Decorator for batch kernels (optionally ``parallel=True``)."""
+def batch_jit(parallel: bool = False, fastmath: bool = False, inline: bool = False
+              ) -> Callable:
+    """Decorator for batch kernels (optionally ``parallel=True``).
+
+    ``inline=True``: inlined into its callers at numba's IR level, as for
+    :func:`exact_jit`; for per-row helpers whose call (array structs passed per row) would
+    cost more than their work.
+    """
     opts: dict[str, Any] = {"cache": True, "nogil": True, "parallel": parallel}
     if fastmath:
         opts["fastmath"] = set(FASTMATH)
+    if inline:
+        opts["inline"] = "always"
     return _jit(opts)
 
 

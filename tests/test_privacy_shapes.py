@@ -237,6 +237,7 @@ def test_engine_opt_outs_in_another_id_type():
                      fallback=Campaign("house", (Creative("h"),), bid=0.1), store=w["store"],
                      experiment=Experiment({"control": 0.0, "targeted": 1.0}),
                      privacy=PrivacyPolicy(opt_outs={registered}), time_budget_ms=1000.0)
+        eng.warmup()  # compiled before the first request, as a server does
         assert eng.decide({"user_id": asked, "ts": 1_767_225_700_000}).reason == \
             "fallback:opt_out"
         assert eng.decide({"user_id": 7, "ts": 1_767_225_700_000}).targeted

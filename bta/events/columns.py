@@ -16,6 +16,7 @@ import pandas as pd
 
 from bta.events import kernels as _k
 from bta.events.times import _MAX_EPOCH_S, _SECONDS_BELOW
+from bta.events.vocabulary import _PARALLEL_MIN_ROWS
 from bta.errors import SchemaError
 
 __all__ = ["_column", "_read_events", "_read_ids", "_read_times", "_read_values", "_where"]
@@ -44,14 +45,69 @@ def _arrow_to_series(arr: Any, where: str) -> pd.Series:
     return arr.to_pandas(types_mapper=mapper)
 
 
-def _column(x: Any, where: str, n: int | None = None) -> np.ndarray | pd.Series:
-    """A column as a 1-D ndarray, or a Series when its dtype is a pandas extension."""
+def _arrow_text(arr: Any) -> pd.Series | None:
+    """An Arrow string column as a pandas Categorical of its distinct strings (sorted), read
+    from the Arrow buffers by :func:`bta.events.text.factorize_text`; None for other types
+    (string views, dictionaries, numbers), which pandas converts.
+
+    Reading each row as a Python string and hashing it costs more than all the rest of
+    ingestion; here only the distinct strings become Python objects.
+    """
+    import numba
+    import pyarrow as pa
+
+    from bta.events.text import factorize_text
+
+    if isinstance(arr, pa.Array):
+        arr = pa.chunked_array([arr], type=arr.type)
+    if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+        return None
+    width = np.int64 if pa.types.is_large_string(arr.type) else np.int32
+    chunks = []
+    for ch in arr.chunks:
+        if not len(ch):
+            continue
+        validity, offsets, data = ch.buffers()
+        offsets = np.frombuffer(offsets, dtype=width)[ch.offset:ch.offset + len(ch) + 1]
+        data = (np.frombuffer(data, dtype=np.uint8) if data is not None
+                else np.zeros(0, np.uint8))
+        bitmap = (np.frombuffer(validity, dtype=np.uint8) if validity is not None
+                  and ch.null_count else np.zeros(0, np.uint8))
+        chunks.append((offsets, data, bitmap, ch.offset))
+    n = len(arr)
+    if not chunks:
+        return None
+    # one hash part per thread (each thread owns its part's strings)
+    n_threads = numba.get_num_threads() if n >= _PARALLEL_MIN_ROWS else 1
+    codes, rank, data, offsets = factorize_text(chunks, n, n_threads, n_threads)
+    vocab = pa.Array.from_buffers(pa.large_string(), len(offsets) - 1,
+                                  [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+    lut = np.append(rank, np.int32(-1))  # code -1 (null) picks the last slot
+    categories = pd.Index(vocab.to_numpy(zero_copy_only=False), dtype=object)
+    return pd.Series(pd.Categorical.from_codes(lut[codes], categories=categories,
+                                               validate=False), copy=False)
+
+
+def _column(x: Any, where: str, n: int | None = None, text_codes: bool = False
+            ) -> np.ndarray | pd.Series:
+    """A column as a 1-D ndarray, or a Series when its dtype is a pandas extension.
+
+    ``text_codes``: Arrow text (Arrow and Parquet input, polars, pandas' Arrow dtypes)
+    comes back as a Categorical of its distinct strings (:func:`_arrow_text`), for the
+    columns whose readers take categories.
+    """
     if isinstance(x, pd.DataFrame):
         raise SchemaError(f"{where} appears more than once (or is a frame); expected one column")
+    if isinstance(x, pd.Series) and text_codes and (
+            isinstance(x.dtype, pd.ArrowDtype)
+            or (isinstance(x.dtype, pd.StringDtype) and x.dtype.storage == "pyarrow")):
+        x = x.array.__arrow_array__()
+    elif hasattr(x, "to_arrow") and not isinstance(x, (pd.Series, np.ndarray)) \
+            and not type(x).__module__.startswith("pyarrow"):
+        x = x.to_arrow()  # polars and other Arrow-speaking frames
     if type(x).__module__.startswith("pyarrow"):
-        x = _arrow_to_series(x, where)
-    elif hasattr(x, "to_arrow") and not isinstance(x, (pd.Series, np.ndarray)):
-        x = _arrow_to_series(x.to_arrow(), where)  # polars and other Arrow-speaking frames
+        text = _arrow_text(x) if text_codes else None
+        x = _arrow_to_series(x, where) if text is None else text
     elif isinstance(x, (pd.Index, pd.api.extensions.ExtensionArray)):
         x = pd.Series(x)
     elif not isinstance(x, (pd.Series, np.ndarray)):

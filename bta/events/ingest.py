@@ -38,6 +38,10 @@ from bta.privacy import SCREEN_REASONS, PrivacyPolicy, pseudonymize
 
 __all__ = ["_Options", "_ingest", "_session_codes"]
 
+# Columns whose readers take Arrow text as categories (bta.events.columns._arrow_text):
+# the ids and names that become codes. Event and session ids are kept as given instead.
+_TEXT_CODED = ("user_id", "ts", "event", "category", "item_id")
+
 
 @dataclasses.dataclass(frozen=True)
 class _Options:
@@ -332,7 +336,8 @@ def _ingest(raw: dict[str, Any], sources: dict[str, Hashable], n: int | None,
     cols = {}
     for c in COLUMNS:
         if c in raw:
-            cols[c] = _column(raw[c], where[c], n)
+            cols[c] = _column(raw[c], where[c], n,
+                              text_codes=take is not None and c in _TEXT_CODED)
             n = len(cols[c])
 
     uid_vals, uid_uniques, uid_missing = _read_ids(cols["user_id"], "user_id",
