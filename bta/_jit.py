@@ -36,8 +36,14 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numba
+from llvmlite import ir
+from llvmlite.binding import llvm_version_info
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
-__all__ = ["FASTMATH", "serving_jit", "batch_jit", "exact_jit", "serial_copy", "num_threads"]
+__all__ = ["FASTMATH", "serving_jit", "batch_jit", "exact_jit", "serial_copy", "num_threads",
+           "prefetch"]
 
 logger = logging.getLogger("bta")
 
@@ -220,3 +226,35 @@ def num_threads(n: int | None) -> Iterator[None]:
         yield
     finally:
         numba.set_num_threads(old)
+
+
+# The intrinsic's name carries its pointer type: opaque "ptr" from LLVM 15 on, "i8*" before.
+_PREFETCH_NAME = "llvm.prefetch.p0" if llvm_version_info >= (15,) else "llvm.prefetch.p0i8"
+
+
+@intrinsic
+def prefetch(typingctx, arr, idx):
+    """Hint the CPU to fetch element (row) ``idx`` of ``arr`` into cache (``llvm.prefetch``,
+    write intent, high locality), for kernels whose rows are independent lookups into a
+    table larger than the cache. A hint only: it never faults and changes no result."""
+    if not isinstance(arr, types.Array) or not isinstance(idx, types.Integer):
+        return None
+    sig = types.void(arr, idx)
+
+    def codegen(context, builder, signature, args):
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        zero = context.get_constant(types.intp, 0)
+        index = context.cast(builder, args[1], signature.args[1], types.intp)
+        ptr = cgutils.get_item_pointer2(
+            context, builder, ary.data, cgutils.unpack_tuple(builder, ary.shape),
+            cgutils.unpack_tuple(builder, ary.strides), aryty.layout,
+            [index] + [zero] * (aryty.ndim - 1), wraparound=False, boundscheck=False)
+        i32 = ir.IntType(32)
+        i8p = ir.IntType(8).as_pointer()
+        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, _PREFETCH_NAME)
+        builder.call(fn, [builder.bitcast(ptr, i8p), i32(1), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return sig, codegen

@@ -10,13 +10,9 @@ code point order, the order Python and Arrow sort text in.
 from __future__ import annotations
 
 import numpy as np
-from llvmlite import ir
-from llvmlite.binding import llvm_version_info
-from numba import prange, types
-from numba.core import cgutils
-from numba.extending import intrinsic
+from numba import prange
 
-from bta._jit import batch_jit
+from bta._jit import batch_jit, prefetch
 
 __all__ = ["factorize_text", "text_hashes", "text_factorize", "text_rehash",
            "text_global_codes", "text_order"]
@@ -33,39 +29,10 @@ __all__ = ["factorize_text", "text_hashes", "text_factorize", "text_rehash",
 # before it cannot hide; the probe loop therefore prefetches the slot of the row 2*_AHEAD own
 # rows ahead and the arena bytes of the row _AHEAD ahead (a hint only: it changes no result).
 
-# The intrinsic's name carries its pointer type: opaque "ptr" from LLVM 15 on, "i8*" before.
-_PREFETCH_NAME = "llvm.prefetch.p0" if llvm_version_info >= (15,) else "llvm.prefetch.p0i8"
 _AHEAD = 16
 _RING = 64  # power of two, > 2 * _AHEAD
 _LEN_BITS = 24  # string length kept in a slot; longer strings read theirs from aoff
 _LEN_MAX = (1 << _LEN_BITS) - 1
-
-
-@intrinsic
-def _prefetch(typingctx, arr, idx):
-    """Hint the CPU to fetch element ``idx`` of ``arr`` into cache (``llvm.prefetch``, write
-    intent, high locality). A hint only: it never faults and changes no result."""
-    if not isinstance(arr, types.Array) or not isinstance(idx, types.Integer):
-        return None
-    sig = types.void(arr, idx)
-
-    def codegen(context, builder, signature, args):
-        aryty = signature.args[0]
-        ary = context.make_array(aryty)(context, builder, args[0])
-        zero = context.get_constant(types.intp, 0)
-        index = context.cast(builder, args[1], signature.args[1], types.intp)
-        ptr = cgutils.get_item_pointer2(
-            context, builder, ary.data, cgutils.unpack_tuple(builder, ary.shape),
-            cgutils.unpack_tuple(builder, ary.strides), aryty.layout,
-            [index] + [zero] * (aryty.ndim - 1), wraparound=False, boundscheck=False)
-        i32 = ir.IntType(32)
-        i8p = ir.IntType(8).as_pointer()
-        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, _PREFETCH_NAME)
-        builder.call(fn, [builder.bitcast(ptr, i8p), i32(1), i32(3), i32(1)])
-        return context.get_dummy_value()
-
-    return sig, codegen
 
 
 @batch_jit(inline=True)
@@ -212,7 +179,7 @@ def text_factorize(offsets, data, hashes, codes, table, arena, aoff, state, stat
             while tail - head < 2 * _AHEAD and scan < n:
                 if codes[scan] >= 0 and _part(hashes[scan], n_parts) == p:
                     ring[tail & (_RING - 1)] = scan
-                    _prefetch(tab, 2 * _slot_of(hashes[scan], mask))
+                    prefetch(tab, 2 * _slot_of(hashes[scan], mask))
                     tail += 1
                 scan += 1
             if head == tail:
@@ -220,7 +187,7 @@ def text_factorize(offsets, data, hashes, codes, table, arena, aoff, state, stat
             if head + _AHEAD < tail:
                 s2 = _slot_of(hashes[ring[(head + _AHEAD) & (_RING - 1)]], mask)
                 if tab[2 * s2] != 0:
-                    _prefetch(ar, tab[2 * s2 + 1] >> _LEN_BITS)
+                    prefetch(ar, tab[2 * s2 + 1] >> _LEN_BITS)
             i = ring[head & (_RING - 1)]
             h = hashes[i]
             a = offsets[i]

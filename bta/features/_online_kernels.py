@@ -30,22 +30,17 @@ Space a relocation leaves behind is zeroed, so erased data leaves no copy in the
 
 User ids: integer ids map to slots through an open-addressing table of two int64 arrays
 (:func:`lookup_ids`); slots of erased users are reused. The update loop prefetches the rows
-that the events a few positions ahead will touch (:func:`_prefetch`, a hint only): events of
+that the events a few positions ahead will touch (:func:`bta._jit.prefetch`, a hint only): events of
 different users are independent, so their memory latencies overlap instead of adding up.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from llvmlite import ir
-from llvmlite.binding import llvm_version_info
-from numba import types
-from numba.core import cgutils
-from numba.extending import intrinsic
 
 from collections import namedtuple
 
-from bta._jit import exact_jit
+from bta._jit import exact_jit, prefetch
 from bta.features.families import (
     N_INT, U_LAST_TS, U_N_EVENTS, Cells, RowOut, UserState, cells, emit_row, row_nnz, user_init,
     user_step,
@@ -83,37 +78,6 @@ _AHEAD_USER = 16
 _AHEAD_RUNS = 8
 
 
-# The intrinsic's name carries its pointer type: opaque "ptr" from LLVM 15 on, "i8*" before.
-_PREFETCH_NAME = "llvm.prefetch.p0" if llvm_version_info >= (15,) else "llvm.prefetch.p0i8"
-
-
-@intrinsic
-def _prefetch(typingctx, arr, idx):
-    """Hint the CPU to fetch row ``idx`` of ``arr`` into cache (``llvm.prefetch``, write
-    intent, high locality). A hint only: it never faults and changes no result."""
-    if not isinstance(arr, types.Array) or not isinstance(idx, types.Integer):
-        return None
-    sig = types.void(arr, idx)
-
-    def codegen(context, builder, signature, args):
-        aryty = signature.args[0]
-        ary = context.make_array(aryty)(context, builder, args[0])
-        zero = context.get_constant(types.intp, 0)
-        index = context.cast(builder, args[1], signature.args[1], types.intp)
-        ptr = cgutils.get_item_pointer2(
-            context, builder, ary.data, cgutils.unpack_tuple(builder, ary.shape),
-            cgutils.unpack_tuple(builder, ary.strides), aryty.layout,
-            [index] + [zero] * (aryty.ndim - 1), wraparound=False, boundscheck=False)
-        i32 = ir.IntType(32)
-        i8p = ir.IntType(8).as_pointer()
-        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, _PREFETCH_NAME)
-        builder.call(fn, [builder.bitcast(ptr, i8p), i32(1), i32(3), i32(1)])
-        return context.get_dummy_value()
-
-    return sig, codegen
-
-
 @exact_jit()
 def _home(key, mask):
     """Home position of an integer key in a hash table of ``mask + 1`` (a power of two)
@@ -139,8 +103,8 @@ def lookup_ids(ids, hkeys, hvals, next_slot, free, n_free):
     for i in range(n):
         if i + _AHEAD_RUNS < n:
             h = _home(ids[i + _AHEAD_RUNS], mask)
-            _prefetch(hkeys, h)
-            _prefetch(hvals, h)
+            prefetch(hkeys, h)
+            prefetch(hvals, h)
         k = ids[i]
         j = _home(k, mask)
         while hvals[j] != -1 and hkeys[j] != k:
@@ -257,13 +221,13 @@ def update(slots, ts, event, category, value, i0, ev_slot, ev_weight, cat_flag, 
         # the tables outgrow the CPU cache: request what later events will touch now
         if i + _AHEAD_USER < n and slots[i + _AHEAD_USER] >= 0:  # -1: a denied event
             sa = slots[i + _AHEAD_USER]
-            _prefetch(U, sa)
-            _prefetch(U[sa], 8)  # a user row is two cache lines
+            prefetch(U, sa)
+            prefetch(U[sa], 8)  # a user row is two cache lines
         if i + _AHEAD_RUNS < n and slots[i + _AHEAD_RUNS] >= 0:
             sa = slots[i + _AHEAD_RUNS]
-            _prefetch(CK, min(U[sa, H_CSTART], c_size - 1))
-            _prefetch(CS, min(U[sa, H_CSTART], c_size - 1))
-            _prefetch(P, min(U[sa, H_BSTART] + (U[sa, H_BLC] & _LO), p_size - 1))
+            prefetch(CK, min(U[sa, H_CSTART], c_size - 1))
+            prefetch(CS, min(U[sa, H_CSTART], c_size - 1))
+            prefetch(P, min(U[sa, H_BSTART] + (U[sa, H_BLC] & _LO), p_size - 1))
         s = slots[i]
         t = ts[i]
         c = category[i]
